@@ -1,0 +1,1 @@
+"""Model loading: mlx-lm models, the embedded SmolLM2 default, GGUF import."""

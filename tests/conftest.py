@@ -1,0 +1,24 @@
+"""Shared fixtures: the real data samples in ../shared/data (skipped cleanly when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("OSPO_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data with the ESCI and H&M samples; skips the test when it is absent."""
+    if not (SHARED_DATA / "esci-sample").is_dir():
+        pytest.skip(f"real data samples not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
