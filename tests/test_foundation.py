@@ -48,7 +48,9 @@ def test_blas_loaded_when_openblas_is_installed():
 def test_doctor_json_reports_backend_blas_and_speed():
     out = subprocess.run(
         [sys.executable, "-m", "cli", "doctor", "--json", "--size", "256"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["backend"] in {"cpu", "metal", "cuda"}

@@ -1,0 +1,208 @@
+"""Token credit and advantages, NumPy reference.
+
+Segment values become per-token weights on the completion's own sampled tokens (by character
+overlap), and the GRPO sequence advantage is redistributed over tokens with those weights so
+that its mean over each completion's valid tokens is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ospo_mlx.errors import ConfigError
+
+MODES = ("prop", "rank", "hybrid", "uniform")
+SCALES = ("group", "batch", "none")
+# |R| below this counts as a zero reward: shaping by it would erase the advantage.
+ZERO_REWARD = 1e-12
+
+
+@dataclass(frozen=True)
+class CreditConfig:
+    """How segment values turn into token advantages."""
+
+    mode: str = field(
+        default="prop",
+        metadata={"help": "prop (credit-proportional), rank, hybrid or uniform (plain GRPO)"},
+    )
+    alpha: float = field(
+        default=0.5, metadata={"help": "hybrid mode: weight of the proportional part (0..1)"}
+    )
+    clip: float | None = field(
+        default=None,
+        metadata={"help": "clip token advantages to +/- clip * std of sequence advantages"},
+    )
+    floor: float = field(
+        default=0.0, metadata={"help": "weight (0..1) of tokens outside every segment"}
+    )
+    scale_rewards: str = field(
+        default="group", metadata={"help": "advantage scaling: group, batch or none (as TRL)"}
+    )
+
+    def validate(self) -> CreditConfig:
+        _check_mode(self.mode, self.alpha, self.clip)
+        _check_floor(self.floor)
+        _check_scale(self.scale_rewards)
+        return self
+
+
+def _check_mode(mode: str, alpha: float, clip: float | None) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"unknown advantage mode {mode!r}; use one of {', '.join(MODES)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    if clip is not None and clip <= 0:
+        raise ConfigError(f"clip must be > 0 (or None for no clipping), got {clip}")
+
+
+def _check_floor(floor: float) -> None:
+    if not 0.0 <= floor <= 1.0:
+        raise ConfigError(f"floor must be in [0, 1], got {floor}")
+
+
+def _check_scale(scale: str | bool) -> str:
+    if scale is True:
+        return "group"
+    if scale is False:
+        return "none"
+    if scale not in SCALES:
+        raise ConfigError(f"unknown reward scaling {scale!r}; use one of {', '.join(SCALES)}")
+    return scale
+
+
+def normalize_values(phi: np.ndarray) -> np.ndarray:
+    """Min-max scale segment values to [0, 1]; a constant vector becomes all ones (uniform)."""
+    phi = np.asarray(phi, dtype=np.float64)
+    if phi.size == 0:
+        return phi
+    lo, hi = phi.min(), phi.max()
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        return np.ones_like(phi)
+    return (phi - lo) / (hi - lo)
+
+
+def token_weights(
+    spans: Sequence[tuple[int, int]],
+    token_offsets: np.ndarray | Sequence[tuple[int, int]],
+    phi: np.ndarray,
+    floor: float = 0.0,
+) -> np.ndarray:
+    """Per-token weights `(T,)` in [0, 1] from segment values `phi (n,)`.
+
+    `token_offsets (T, 2)` are the character spans of the sampled tokens in the completion text.
+    A token takes the overlap-weighted mean of the normalized values of the segments it overlaps
+    (so a leading space does not dilute it); a zero-width token strictly inside a segment (a
+    byte piece of a multi-byte character) takes that segment's value; every other token
+    (outside all segments, special tokens) gets `floor`.
+    """
+    _check_floor(floor)
+    spans_a = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    offsets = np.asarray(token_offsets, dtype=np.int64).reshape(-1, 2)
+    phi = np.asarray(phi, dtype=np.float64).reshape(-1)
+    if len(phi) != len(spans_a):
+        raise ValueError(f"got {len(phi)} segment values for {len(spans_a)} segments")
+    if (offsets[:, 1] < offsets[:, 0]).any():
+        raise ValueError("token offsets must satisfy start <= end")
+    weights = np.full(len(offsets), float(floor))
+    if len(spans_a) == 0 or len(offsets) == 0:
+        return weights
+    norm = normalize_values(phi)
+    a, b = offsets[:, :1], offsets[:, 1:]
+    s, e = spans_a[None, :, 0], spans_a[None, :, 1]
+    overlap = np.clip(np.minimum(b, e) - np.maximum(a, s), 0, None).astype(np.float64)
+    total = overlap.sum(1)
+    inside = (a == b) & (s < a) & (a < e)
+    # Fractions first: a token inside one segment gets exactly its value (rank mode needs ties).
+    frac = overlap / np.maximum(total, 1)[:, None]
+    weights = np.where(total > 0, frac @ norm, weights)
+    weights = np.where((total == 0) & inside.any(1), inside.astype(np.float64) @ norm, weights)
+    return weights
+
+
+def grpo_advantages(
+    rewards: np.ndarray, group_size: int, scale: str | bool = "group", eps: float = 1e-4
+) -> np.ndarray:
+    """Sequence advantages `(B,)` as TRL's GRPO: (R - group mean) / (std + eps).
+
+    Rewards come in consecutive groups of `group_size` completions of one prompt. `scale`:
+    `group` divides by each group's std, `batch` by the whole batch's std, `none` does not
+    divide. Stds are unbiased (ddof=1) like torch; a single value has std 0.
+    """
+    scale = _check_scale(scale)
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    if group_size < 1 or len(r) % group_size:
+        raise ValueError(f"{len(r)} rewards do not split into groups of {group_size}")
+    grouped = r.reshape(-1, group_size)
+    adv = (grouped - grouped.mean(1, keepdims=True)).reshape(-1)
+    if scale == "none":
+        return adv
+    if scale == "group":
+        std = grouped.std(1, ddof=1) if group_size > 1 else np.zeros(len(grouped))
+        std = np.repeat(std, group_size)
+    else:
+        std = np.full(len(r), r.std(ddof=1) if len(r) > 1 else 0.0)
+    return adv / (std + eps)
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties share their average rank (the largest value gets the largest rank)."""
+    order = np.sort(x)
+    lo = np.searchsorted(order, x, side="left")
+    hi = np.searchsorted(order, x, side="right")
+    return (lo + 1 + hi) / 2.0
+
+
+def ospo_token_advantages(
+    seq_adv: np.ndarray,
+    weights: np.ndarray,
+    mask: np.ndarray,
+    mode: str = "prop",
+    rewards: np.ndarray | None = None,
+    alpha: float = 0.5,
+    clip: float | None = None,
+) -> np.ndarray:
+    """Token advantages `(B, T)`: each completion's advantage spread over its valid tokens.
+
+    With T valid tokens and a distribution p over them, A_t = T * p_t * A_hat, so the mean of
+    A_t over valid tokens is A_hat. `prop`: p_t = w_t / sum(w), which equals the shaped credit
+    psi_t = w_t * R / sum(w) normalized by its sum. `rank`: p_t proportional to the rank of w_t
+    (ties averaged; the highest credit gets the largest weight). `hybrid`: alpha * prop +
+    (1 - alpha) * uniform. `uniform`: plain GRPO. A completion whose reward is 0 (shaping would
+    zero every token and drop its advantage) or whose weights sum to 0 falls back to uniform.
+    `clip` bounds A_t to +/- clip * std(seq_adv) (population std over the batch; skipped when
+    that std is 0); clipping can move the token mean. Masked positions get 0.
+    """
+    _check_mode(mode, alpha, clip)
+    adv = np.asarray(seq_adv, dtype=np.float64).reshape(-1)
+    w = np.asarray(weights, dtype=np.float64)
+    valid = np.asarray(mask, dtype=bool)
+    if w.shape != valid.shape or w.ndim != 2 or w.shape[0] != len(adv):
+        raise ValueError(f"weights {w.shape} and mask {valid.shape} must be (B, T), B={len(adv)}")
+    w = np.where(valid, w, 0.0)
+    n_valid = valid.sum(1)
+    uniform = np.where(valid, 1.0 / np.maximum(n_valid, 1)[:, None], 0.0)
+    total = w.sum(1)
+    fallback = total <= 0
+    if rewards is not None:
+        fallback |= np.abs(np.asarray(rewards, dtype=np.float64).reshape(-1)) < ZERO_REWARD
+    if mode == "uniform":
+        p = uniform
+    elif mode == "rank":
+        ranks = np.zeros_like(w)
+        for i in range(len(w)):  # reference: one completion at a time
+            ranks[i, valid[i]] = _average_ranks(w[i, valid[i]])
+        p = ranks / np.maximum(ranks.sum(1, keepdims=True), 1.0)
+    else:
+        p = w / np.where(total > 0, total, 1.0)[:, None]
+        if mode == "hybrid":
+            p = alpha * p + (1.0 - alpha) * uniform
+    p = np.where(fallback[:, None], uniform, p)
+    out = n_valid[:, None] * p * adv[:, None]
+    if clip is not None:
+        bound = clip * adv.std()
+        if bound > 0:
+            out = np.clip(out, -bound, bound)
+    return np.where(valid, out, 0.0)

@@ -1,0 +1,207 @@
+"""Token weights and token advantages (NumPy reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ospo_mlx.attribution.credit import (
+    CreditConfig,
+    grpo_advantages,
+    normalize_values,
+    ospo_token_advantages,
+    token_weights,
+)
+from ospo_mlx.errors import ConfigError
+
+SETTINGS = settings(max_examples=60, deadline=None)
+MODES = ("prop", "rank", "hybrid", "uniform")
+
+
+@st.composite
+def batches(draw, max_b: int = 6, max_t: int = 12):
+    b = draw(st.integers(1, max_b))
+    t = draw(st.integers(1, max_t))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, t + 1, size=b)
+    mask = np.arange(t)[None, :] < lengths[:, None]
+    weights = rng.random((b, t))
+    # Some rows with ties and zeros, as real weights have (tokens of one segment share a value).
+    weights[:, ::3] = 0.0
+    rewards = rng.random(b)
+    rewards[rng.random(b) < 0.3] = 0.0
+    return rng.normal(size=b), weights, mask, rewards
+
+
+# ---- token weights ------------------------------------------------------------------------
+
+
+def test_token_weights_by_hand():
+    # text: "red shoes, with laces" ; segments "red shoes" (0,9) and "with laces" (11,21)
+    spans = [(0, 9), (11, 21)]
+    offsets = [(0, 0), (0, 3), (3, 9), (9, 10), (10, 15), (15, 21), (21, 21)]
+    w = token_weights(spans, offsets, np.array([0.2, 0.8]))
+    # BOS-like zero-width token and the EOS get the floor; " with" keeps full weight (leading
+    # space does not dilute it); "," is outside every segment.
+    np.testing.assert_allclose(w, [0, 0, 0, 0, 1, 1, 0])
+    w = token_weights(spans, offsets, np.array([0.2, 0.8]), floor=0.25)
+    np.testing.assert_allclose(w, [0.25, 0, 0, 0.25, 1, 1, 0.25])
+
+
+def test_token_weights_overlap_weighted_and_zero_width_inside():
+    spans = [(0, 4), (4, 10)]
+    phi = np.array([1.0, 3.0])  # normalized: 0 and 1
+    # Token (2, 6) covers 2 chars of each segment -> 0.5; (3, 10) covers 1 and 6 -> 6/7.
+    np.testing.assert_allclose(token_weights(spans, [(2, 6), (3, 10)], phi), [0.5, 6 / 7])
+    # A zero-width token strictly inside a segment (byte piece) takes that segment's value.
+    np.testing.assert_allclose(token_weights(spans, [(6, 6), (4, 4), (10, 10)], phi), [1, 0, 0])
+
+
+def test_token_weights_constant_values_are_uniform():
+    w = token_weights([(0, 3), (4, 7)], [(0, 3), (3, 4), (4, 7)], np.array([0.4, 0.4]))
+    np.testing.assert_allclose(w, [1, 0, 1])
+    assert token_weights([], [(0, 2), (2, 3)], np.zeros(0), floor=0.5).tolist() == [0.5, 0.5]
+    assert token_weights([(0, 2)], np.zeros((0, 2)), np.ones(1)).shape == (0,)
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.floats(0, 1))
+def test_token_weights_in_unit_interval(seed, floor):
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.choice(np.arange(1, 60), size=rng.integers(2, 12), replace=False))
+    spans = [(int(a), int(b)) for a, b in zip(cuts[::2], cuts[1::2], strict=False) if b > a]
+    bounds = np.sort(rng.integers(0, 61, size=rng.integers(1, 20)))
+    offsets = np.stack([bounds[:-1], bounds[1:]], 1) if len(bounds) > 1 else np.zeros((0, 2))
+    w = token_weights(spans, offsets, rng.normal(size=len(spans)), floor=floor)
+    assert w.shape == (len(offsets),)
+    assert ((w >= -1e-12) & (w <= 1 + 1e-12)).all()
+    if spans:
+        # The best segment's fully-covered tokens get exactly 1.
+        phi = rng.normal(size=len(spans))
+        best = spans[int(np.argmax(phi))]
+        assert token_weights(spans, [best], phi)[0] == pytest.approx(1.0)
+
+
+def test_token_weights_validation():
+    with pytest.raises(ValueError):
+        token_weights([(0, 2)], [(0, 1)], np.ones(2))
+    with pytest.raises(ValueError):
+        token_weights([(0, 2)], [(3, 1)], np.ones(1))
+    with pytest.raises(ConfigError):
+        token_weights([(0, 2)], [(0, 1)], np.ones(1), floor=2.0)
+    np.testing.assert_allclose(normalize_values(np.array([2.0, 4.0, 3.0])), [0, 1, 0.5])
+
+
+# ---- GRPO advantages ----------------------------------------------------------------------
+
+
+def test_grpo_advantages_match_trl_formula():
+    rewards = np.array([1.0, 0.0, 0.5, 0.5, 0.2, 0.2, 0.9, 0.1])
+    g = rewards.reshape(2, 4)
+    expect = (g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-4)
+    np.testing.assert_allclose(grpo_advantages(rewards, 4), expect.reshape(-1))
+    expect_b = (g - g.mean(1, keepdims=True)).reshape(-1) / (rewards.std(ddof=1) + 1e-4)
+    np.testing.assert_allclose(grpo_advantages(rewards, 4, scale="batch"), expect_b)
+    np.testing.assert_allclose(
+        grpo_advantages(rewards, 4, scale="none"), (g - g.mean(1, keepdims=True)).reshape(-1)
+    )
+    np.testing.assert_allclose(
+        grpo_advantages(rewards, 4, scale=False), grpo_advantages(rewards, 4, scale="none")
+    )
+    # Identical rewards in a group: zero advantage, no division blow-up.
+    assert (grpo_advantages(np.ones(4), 4) == 0).all()
+    assert (grpo_advantages(np.arange(3.0), 1) == 0).all()
+    with pytest.raises(ValueError):
+        grpo_advantages(np.ones(5), 4)
+    with pytest.raises(ConfigError):
+        grpo_advantages(np.ones(4), 4, scale="token")
+
+
+# ---- token advantages ---------------------------------------------------------------------
+
+
+@SETTINGS
+@given(batches(), st.sampled_from(MODES), st.floats(0, 1))
+def test_token_mean_equals_sequence_advantage(batch, mode, alpha):
+    adv, weights, mask, rewards = batch
+    out = ospo_token_advantages(adv, weights, mask, mode, rewards=rewards, alpha=alpha)
+    assert out.shape == weights.shape
+    assert (out[~mask] == 0).all()
+    np.testing.assert_allclose(out.sum(1) / mask.sum(1), adv, atol=1e-10)
+
+
+@SETTINGS
+@given(batches(), st.sampled_from(MODES))
+def test_uniform_weights_reduce_to_grpo(batch, mode):
+    adv, weights, mask, rewards = batch
+    out = ospo_token_advantages(adv, np.full_like(weights, 0.37), mask, mode, rewards=rewards)
+    np.testing.assert_allclose(out, np.where(mask, adv[:, None], 0.0), atol=1e-12)
+
+
+@SETTINGS
+@given(batches(), st.sampled_from(MODES))
+def test_zero_reward_keeps_the_advantage(batch, mode):
+    adv, weights, mask, _ = batch
+    adv = -np.abs(adv) - 0.1  # failed completions: negative advantage
+    out = ospo_token_advantages(adv, weights, mask, mode, rewards=np.zeros(len(adv)))
+    np.testing.assert_allclose(out, np.where(mask, adv[:, None], 0.0), atol=1e-12)
+
+
+def test_prop_is_proportional_to_credit():
+    w = np.array([[0.0, 1.0, 3.0, 0.0]])
+    mask = np.array([[True, True, True, False]])
+    out = ospo_token_advantages(np.array([2.0]), w, mask, "prop", rewards=np.array([0.5]))
+    # p = (0, 1/4, 3/4); A = 3 * p * 2
+    np.testing.assert_allclose(out, [[0.0, 1.5, 4.5, 0.0]])
+    # Negative reward: the shaped credits flip sign but p (their share) does not.
+    neg = ospo_token_advantages(np.array([2.0]), w, mask, "prop", rewards=np.array([-0.5]))
+    np.testing.assert_allclose(neg, out)
+
+
+def test_rank_direction_highest_credit_gets_largest_weight():
+    w = np.array([[0.1, 0.9, 0.5, 0.5]])
+    mask = np.ones_like(w, dtype=bool)
+    out = ospo_token_advantages(np.array([1.0]), w, mask, "rank", rewards=np.array([1.0]))
+    # ranks 1, 4, 2.5, 2.5 -> sum 10; A = 4 * rank / 10
+    np.testing.assert_allclose(out, [[0.4, 1.6, 1.0, 1.0]])
+    assert np.argmax(out) == np.argmax(w) and np.argmin(out) == np.argmin(w)
+
+
+def test_hybrid_interpolates():
+    w = np.array([[1.0, 3.0]])
+    mask = np.ones_like(w, dtype=bool)
+    adv = np.array([1.0])
+    prop = ospo_token_advantages(adv, w, mask, "prop")
+    uni = ospo_token_advantages(adv, w, mask, "uniform")
+    hyb = ospo_token_advantages(adv, w, mask, "hybrid", alpha=0.25)
+    np.testing.assert_allclose(hyb, 0.25 * prop + 0.75 * uni)
+    np.testing.assert_allclose(ospo_token_advantages(adv, w, mask, "hybrid", alpha=1.0), prop)
+
+
+def test_clip_bounds_by_batch_std():
+    adv = np.array([2.0, -2.0])
+    w = np.array([[0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    mask = np.ones_like(w, dtype=bool)
+    out = ospo_token_advantages(adv, w, mask, "prop", clip=1.5)
+    assert np.abs(out).max() == pytest.approx(1.5 * adv.std())
+    np.testing.assert_allclose(out[0], [0, 0, 3.0])  # 6.0 clipped to 1.5 * 2
+    # Zero batch std: no clipping (it would erase every advantage).
+    same = ospo_token_advantages(np.array([1.0, 1.0]), w, mask, "prop", clip=0.5)
+    np.testing.assert_allclose(same[0], [0, 0, 3.0])
+
+
+def test_empty_rows_and_validation():
+    out = ospo_token_advantages(np.array([1.0]), np.ones((1, 3)), np.zeros((1, 3), bool), "rank")
+    assert (out == 0).all()
+    with pytest.raises(ConfigError):
+        ospo_token_advantages(np.ones(1), np.ones((1, 2)), np.ones((1, 2), bool), "softmax")
+    with pytest.raises(ConfigError):
+        ospo_token_advantages(np.ones(1), np.ones((1, 2)), np.ones((1, 2), bool), alpha=2.0)
+    with pytest.raises(ValueError):
+        ospo_token_advantages(np.ones(2), np.ones((1, 2)), np.ones((1, 2), bool))
+    assert CreditConfig().validate().mode == "prop"
+    with pytest.raises(ConfigError):
+        CreditConfig(floor=-1).validate()
