@@ -1,0 +1,165 @@
+"""`ospo data esci|hm|synthetic`: convert a data set into catalog.jsonl, train/test.jsonl, summary.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+data_app = typer.Typer(
+    help="Convert ESCI, H&M or a generated synthetic set into ospo's JSONL files.",
+    no_args_is_help=True,
+)
+
+OUT = typer.Option(
+    ..., "--out", help="Output folder for catalog.jsonl, train.jsonl, test.jsonl, summary.json."
+)
+SEED = typer.Option(0, "--seed", help="Seed of the split and the sampled pool negatives.")
+POOL = typer.Option(
+    100,
+    "--pool-size",
+    help="Candidate pool size per task (labelled products plus sampled negatives).",
+)
+TEST_FRACTION = typer.Option(
+    0.2,
+    "--test-fraction",
+    help="Fraction of queries/customers in test.jsonl (unless the source has a split).",
+)
+LIMIT = typer.Option(
+    None,
+    "--limit",
+    help="Use at most this many queries/customers, for quick runs (see docs/data.md).",
+)
+
+
+def _finish(out: Path, catalog, tasks, report) -> None:
+    from rich.console import Console
+
+    from ospo_mlx.data.report import write_dataset
+
+    paths = write_dataset(out, catalog, tasks, report)
+    console = Console()
+    console.print(report.rich_table())
+    for note in report.notes:
+        console.print(f"[dim]note: {note}[/]")
+    console.print(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
+
+
+@data_app.command("esci")
+def esci(
+    source: Path = typer.Option(
+        ...,
+        "--source",
+        help="ESCI parquet folder, the sample's .json or .csv, or a folder with the json+csv pair.",
+    ),
+    out: Path = OUT,
+    locale: str = typer.Option(
+        "us", "--locale", help="product_locale to keep (us, es, jp), or 'all'."
+    ),
+    version: str = typer.Option(
+        "small",
+        "--version",
+        help="'small' (small_version==1), 'large' (large_version==1) or 'all'.",
+    ),
+    split: str = typer.Option("all", "--split", help="ESCI split to keep: train, test or all."),
+    min_exact: int = typer.Option(
+        0, "--min-exact", help="Keep queries with at least this many Exact products (paper: 3)."
+    ),
+    max_exact: int | None = typer.Option(
+        None, "--max-exact", help="Keep queries with at most this many Exact products (paper: 10)."
+    ),
+    gains: str = typer.Option(
+        "3,2,1,0", "--gains", help="Gains of E,S,C,I labels, comma-separated."
+    ),
+    pool_size: int = POOL,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SEED,
+    limit: int | None = LIMIT,
+) -> None:
+    """Amazon ESCI (query expansion): queries, their labelled products and a catalog."""
+    from ospo_mlx.data.esci import EsciConfig, convert_esci
+    from ospo_mlx.errors import ConfigError
+
+    try:
+        e, s, c, i = (float(g) for g in gains.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--gains must be four comma-separated numbers for E,S,C,I, got '{gains}'"
+        ) from None
+    cfg = EsciConfig(
+        locale=locale,
+        version=version,
+        split=split,
+        min_exact=min_exact,
+        max_exact=max_exact,
+        gains={"E": e, "S": s, "C": c, "I": i},
+        pool_size=pool_size,
+        test_fraction=test_fraction,
+        seed=seed,
+        limit=limit,
+    )
+    catalog, tasks, report = convert_esci(source, cfg)
+    _finish(out, catalog, tasks, report)
+
+
+@data_app.command("hm")
+def hm(
+    source: Path = typer.Option(
+        ...,
+        "--source",
+        help="Folder holding articles.csv and transactions_train.csv (customers.csv optional).",
+    ),
+    out: Path = OUT,
+    min_purchases: int = typer.Option(
+        5, "--min-purchases", help="Customers with fewer purchases are skipped (counted)."
+    ),
+    max_history: int = typer.Option(
+        20, "--max-history", help="Most recent purchases kept in a history."
+    ),
+    pool_size: int = POOL,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SEED,
+    limit: int | None = LIMIT,
+) -> None:
+    """H&M Fashion (shopper profile): purchase history -> the next purchase."""
+    from ospo_mlx.data.hm import HmConfig, convert_hm
+
+    cfg = HmConfig(
+        min_purchases=min_purchases,
+        max_history=max_history,
+        pool_size=pool_size,
+        test_fraction=test_fraction,
+        seed=seed,
+        limit=limit,
+    )
+    catalog, tasks, report = convert_hm(source, cfg)
+    _finish(out, catalog, tasks, report)
+
+
+@data_app.command("synthetic")
+def synthetic(
+    out: Path = OUT,
+    products: int = typer.Option(300, "--products", help="Catalog size."),
+    train: int = typer.Option(200, "--train", help="Training tasks."),
+    test: int = typer.Option(50, "--test", help="Test tasks."),
+    categories: int = typer.Option(8, "--categories", help="Product categories used (1-8)."),
+    pool_size: int = POOL,
+    seed: int = SEED,
+) -> None:
+    """A generated catalog and queries whose relevant products depend on hidden attributes."""
+    from ospo_mlx.data.synthetic import SyntheticConfig, generate
+
+    cfg = SyntheticConfig(
+        n_products=products,
+        n_train=train,
+        n_test=test,
+        categories=categories,
+        pool_size=pool_size,
+        seed=seed,
+    )
+    catalog, tasks, report = generate(cfg)
+    _finish(out, catalog, tasks, report)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")

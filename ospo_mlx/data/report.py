@@ -1,0 +1,104 @@
+"""What a conversion read, kept and dropped (by reason), and writing its output directory.
+
+Every converter fills one ConversionReport so nothing is dropped silently: the CLI prints it
+as a table and it is saved, with the options and seed, as summary.json next to the data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ospo_mlx.data.schema import Product, Task, write_jsonl
+
+
+@dataclass
+class ConversionReport:
+    """Counts of one conversion: rows read per file, records kept, rows dropped by reason."""
+
+    source: str
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+    rows_read: dict[str, int] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)
+    kept: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def read(self, what: str, n: int) -> None:
+        """Record that `n` rows were read from `what` (a file name or record type)."""
+        self.rows_read[what] = self.rows_read.get(what, 0) + int(n)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count `n` rows or records dropped for `reason` (a short phrase)."""
+        if n:
+            self.dropped[reason] += int(n)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    @property
+    def total_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "options": self.options,
+            "rows_read": dict(self.rows_read),
+            "kept": dict(self.kept),
+            "dropped": dict(sorted(self.dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "notes": list(self.notes),
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def rich_table(self) -> Any:
+        """A rich Table of the counts (imported lazily: rich is only needed for display)."""
+        from rich.table import Table
+
+        table = Table(title=f"ospo data {self.kind}: {self.source}", show_header=True)
+        table.add_column("step")
+        table.add_column("what")
+        table.add_column("count", justify="right")
+        for what, n in self.rows_read.items():
+            table.add_row("read", what, f"{n:,}")
+        for what, n in self.kept.items():
+            table.add_row("kept", what, f"{n:,}")
+        for reason, n in sorted(self.dropped.items(), key=lambda kv: (-kv[1], kv[0])):
+            table.add_row("[yellow]dropped[/]", reason, f"{n:,}")
+        if not self.dropped:
+            table.add_row("dropped", "(nothing)", "0")
+        return table
+
+
+def write_dataset(
+    out_dir: str | Path,
+    catalog: Mapping[str, Product] | Iterable[Product],
+    tasks: Iterable[Task],
+    report: ConversionReport,
+) -> dict[str, Path]:
+    """Write catalog.jsonl, train.jsonl, test.jsonl and summary.json into `out_dir`.
+
+    Tasks go to the file named by their split ('train' or 'test'); the kept counts are
+    filled into the report before summary.json is written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    products = list(catalog.values()) if isinstance(catalog, Mapping) else list(catalog)
+    by_split: dict[str, list[Task]] = {"train": [], "test": []}
+    for task in tasks:
+        by_split.setdefault(task.split, []).append(task)
+    paths = {"catalog": out / "catalog.jsonl", "summary": out / "summary.json"}
+    report.kept["catalog products"] = write_jsonl(paths["catalog"], products)
+    for split, split_tasks in by_split.items():
+        paths[split] = out / f"{split}.jsonl"
+        report.kept[f"{split} tasks"] = write_jsonl(paths[split], split_tasks)
+    tmp = paths["summary"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(paths["summary"])
+    return paths
