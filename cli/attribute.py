@@ -1,0 +1,120 @@
+"""`ospo attribute`: the segments, coalition values and Owen values of one response."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def attribute(
+    catalog: Path = typer.Option(..., "--catalog", help="catalog.jsonl"),
+    response: str = typer.Option(
+        ..., "--response", help="The response text to attribute (answer tags optional)."
+    ),
+    tasks: Path | None = typer.Option(None, "--tasks", help="tasks.jsonl holding --task."),
+    task: str | None = typer.Option(None, "--task", help="Task id in --tasks."),
+    task_json: str | None = typer.Option(
+        None, "--task-json", help="The task as one JSON object instead of --tasks/--task."
+    ),
+    segmenter: str = typer.Option("phrase", "--segmenter", help="phrase, sentence, word or regex."),
+    max_coalitions: int = typer.Option(
+        64, "--max-coalitions", help="Coalitions evaluated (sampled above this)."
+    ),
+    max_width: int | None = typer.Option(
+        None, "--max-width", help="Widest contiguous coalition (default: all)."
+    ),
+    coalition_text: str = typer.Option("drop", "--coalition-text", help="drop or keep-gaps."),
+    empty_value: str = typer.Option("zero", "--empty-value", help="zero or query."),
+    mode: str = typer.Option(
+        "pool", "--mode", help="pool (the task's candidates) or catalog (whole catalog)."
+    ),
+    encoder: Path | None = typer.Option(
+        None, "--encoder", help="Local sentence-transformers directory (default: MiniLM)."
+    ),
+    index: Path | None = typer.Option(
+        None, "--index", help="Index directory from `ospo index build`."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the coalition sampling."),
+    max_rows: int = typer.Option(64, "--max-rows", help="Coalition rows shown."),
+    as_json: bool = typer.Option(False, "--json", help="Print the attribution as one JSON line."),
+) -> None:
+    """Print the segments, each coalition's text and v(S), and each segment's Owen value."""
+    from rich.console import Console
+
+    from ospo_mlx.data.schema import load_catalog, load_tasks, task_from_dict
+    from ospo_mlx.errors import OspoError
+    from ospo_mlx.reward.coalitions import attribute_response, token_counts
+    from ospo_mlx.reward.retrieval import RewardConfig, build_reward
+    from ospo_mlx.ui.renderables import coalition_table, segment_table
+
+    products = load_catalog(catalog)
+    if task_json is not None:
+        try:
+            the_task = task_from_dict(json.loads(task_json), where="--task-json")
+        except json.JSONDecodeError as exc:
+            raise OspoError(f"--task-json is not valid JSON ({exc.msg})") from None
+    elif tasks is not None and task is not None:
+        found = [t for t in load_tasks(tasks, products) if t.id == task]
+        if not found:
+            raise OspoError(f"task '{task}' is not in {tasks}; check the id (the 'id' column)")
+        the_task = found[0]
+    else:
+        raise OspoError("pass --tasks FILE --task ID, or --task-json '{...}'")
+    if mode == "pool" and the_task.pool is None:
+        mode = "catalog"  # a task without candidates is ranked against the whole catalog
+    config = RewardConfig(mode=mode, coalition_text=coalition_text, empty_value=empty_value)
+    reward = build_reward(products, config, encoder_dir=encoder, index_dir=index)
+    attr = attribute_response(
+        reward,
+        response,
+        the_task,
+        segmenter=segmenter,
+        max_coalitions=max_coalitions,
+        max_width=max_width,
+        seed=seed,
+    )
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "task": the_task.id,
+                    "reward": attr.reward,
+                    "metric": reward.reward_metric,
+                    "segments": attr.segment_texts,
+                    "spans": attr.spans,
+                    "coalitions": attr.members,
+                    "coalition_texts": attr.coalition_texts,
+                    "values": attr.values.tolist(),
+                    "owen": attr.owen.tolist(),
+                    "unpaired": attr.unpaired,
+                }
+            )
+        )
+        return
+    console = Console()
+    console.print(
+        f"[bold]task[/] {the_task.id} ({the_task.kind})   [bold]{reward.reward_metric}[/] {attr.reward:.4f}   "
+        f"[bold]mode[/] {mode}   [bold]retriever[/] {reward.retriever.name}"
+    )
+    console.print(
+        coalition_table(
+            attr.members,
+            attr.coalition_texts,
+            attr.values,
+            max_rows=max_rows,
+            title=f"{len(attr.values)} coalitions",
+        )
+    )
+    console.print(
+        segment_table(attr.segment_texts, attr.owen, token_counts(reward, attr.segment_texts))
+    )
+    if attr.unpaired:
+        console.print(
+            f"[yellow]{attr.unpaired} segment(s) had no evaluated pair (S, S+j): their Owen value is 0[/]"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("attribute")(attribute)

@@ -1,0 +1,73 @@
+"""Attribute one response: segments -> coalitions -> v(S) (one batched pass) -> Owen values.
+
+The library side of `ospo attribute`; the trainer does the same for whole batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ospo_mlx.attribution import contiguous_coalitions, owen_contiguous, segment
+from ospo_mlx.data.schema import Task
+from ospo_mlx.errors import OspoError
+from ospo_mlx.reward.retrieval import RetrievalReward
+
+
+@dataclass
+class Attribution:
+    """One response's attribution game, evaluated."""
+
+    response: str
+    spans: list[tuple[int, int]]
+    segment_texts: list[str]
+    masks: np.ndarray  # (C, n) bool
+    coalition_texts: list[str]  # retrieval text of each coalition ("" where v is 0 by definition)
+    values: np.ndarray  # (C,)
+    owen: np.ndarray  # (n,)
+    unpaired: int  # players with no evaluated (S, S u {j}) pair: their Owen value is 0
+    reward: float  # the full response's reward
+
+    @property
+    def members(self) -> list[list[int]]:
+        return [np.flatnonzero(m).tolist() for m in self.masks]
+
+
+def attribute_response(
+    reward: RetrievalReward,
+    response: str,
+    task: Task,
+    *,
+    segmenter: str = "phrase",
+    max_coalitions: int | None = 64,
+    max_width: int | None = None,
+    seed: int = 0,
+) -> Attribution:
+    """Segment `response`, evaluate its contiguous coalitions and their Owen values."""
+    spans = [tuple(s) for s in segment(response, segmenter, answer_tags=reward.config.answer_tags)]
+    if not spans:
+        raise OspoError("the response has no segments to attribute; pass a non-empty --response")
+    masks = contiguous_coalitions(len(spans), max_width, max_coalitions, seed)
+    values = reward.coalition_values([response], [spans], [masks], [task])[0]
+    texts = [t or "" for t in reward.coalition_texts(response, spans, masks, task)]
+    phi, unpaired = owen_contiguous(masks, values, return_unpaired=True)
+    return Attribution(
+        response=response,
+        spans=spans,
+        segment_texts=[response[s:e] for s, e in spans],
+        masks=masks,
+        coalition_texts=texts,
+        values=values,
+        owen=np.asarray(phi),
+        unpaired=int(unpaired),
+        reward=float(reward.score([response], [task])[0]),
+    )
+
+
+def token_counts(reward: RetrievalReward, texts: list[str]) -> list[int]:
+    """Encoder tokens per text (words for retrievers without a tokenizer)."""
+    encoder = getattr(reward.retriever, "encoder", None)
+    if encoder is None:
+        return [len(t.split()) for t in texts]
+    return [max(len(ids) - 2, 0) for ids, _ in encoder.tokenize(texts)]  # minus [CLS] and [SEP]

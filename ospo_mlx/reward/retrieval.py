@@ -1,0 +1,354 @@
+"""RetrievalReward: the retrieval quality of a response, and of coalitions of its segments.
+
+The response (a query expansion or a shopper profile) becomes a retrieval text, a Retriever
+ranks products with it, and the reward is a ranking metric (NDCG@10 by default) against the
+task's targets. `coalition_values` evaluates v(S) for every coalition of every completion of a
+batch in one pass: all coalition texts are deduplicated, encoded in one batched call, ranked in
+one batched search, and scored with one vectorized metric computation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from ospo_mlx.attribution.segment import answer_span, attributable_regions
+from ospo_mlx.data.schema import Task
+from ospo_mlx.errors import ConfigError, OspoError
+from ospo_mlx.reward import metrics as M
+from ospo_mlx.reward.retrievers import Retriever
+
+EVAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr", "hit@10")
+
+
+@dataclass
+class RewardConfig:
+    """Options of the retrieval reward (TRL-style: each field documents itself)."""
+
+    metric: str = field(
+        default="ndcg", metadata={"help": "Reward metric: ndcg, recall, hit, mrr or ap (cut at k)."}
+    )
+    k: int = field(default=10, metadata={"help": "Cutoff of the reward metric."})
+    mode: str = field(
+        default="pool",
+        metadata={
+            "help": "pool: rank each task's candidate pool exactly; catalog: top-k over the whole catalog."
+        },
+    )
+    coalition_text: str = field(
+        default="drop",
+        metadata={
+            "help": "drop: member segments joined with a space; keep-gaps: the text with non-members removed."
+        },
+    )
+    empty_value: str = field(
+        default="zero",
+        metadata={
+            "help": "v(empty): zero, or query (the raw query's retrieval quality; 0 for shopper_profile)."
+        },
+    )
+    prepend_query: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Retrieve with 'query + response'; None: true for query_expansion, false otherwise."
+        },
+    )
+    answer_tags: tuple[str, str] | None = field(
+        default=("<answer>", "</answer>"),
+        metadata={"help": "Tags around the answer region (None: whole text)."},
+    )
+    missing_tags: str = field(
+        default="whole",
+        metadata={
+            "help": "Response without answer tags: whole (use the whole text) or zero (reward 0); counted."
+        },
+    )
+    gains: str = field(
+        default="graded",
+        metadata={"help": "graded: targets' gains (ESCI E=3,S=2,C=1); binary: 1 if > 0."},
+    )
+    gain_map: dict[str, float] | None = field(
+        default=None,
+        metadata={"help": "Remap stored gains, e.g. {'3': 1, '2': 0.1, '1': 0.01} (KDD Cup ESCI)."},
+    )
+    eval_metrics: tuple[str, ...] = field(
+        default=EVAL_METRICS, metadata={"help": "Metrics reported by `metrics()`."}
+    )
+
+    def validate(self) -> RewardConfig:
+        choices = {
+            "metric": M.METRIC_NAMES,
+            "mode": ("pool", "catalog"),
+            "coalition_text": ("drop", "keep-gaps"),
+            "empty_value": ("zero", "query"),
+            "missing_tags": ("whole", "zero"),
+            "gains": ("graded", "binary"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"reward.{name} = '{getattr(self, name)}' is not one of {list(allowed)}"
+                )
+        if self.k < 1:
+            raise ConfigError(f"reward.k must be >= 1, got {self.k}")
+        try:
+            for name in self.eval_metrics:
+                M.parse_metric(name)
+        except ValueError as exc:
+            raise ConfigError(f"reward.eval_metrics: {exc}") from None
+        return self
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def coalition_text(
+    text: str, spans: Sequence[tuple[int, int]], mask: np.ndarray, strategy: str = "drop"
+) -> str:
+    """The text of the coalition `mask` over `spans` (char spans into `text`).
+
+    drop: the member segments in order, joined with one space (the authors' construction).
+    keep-gaps: `text` from the first to the last member with the non-member segments cut out,
+    so the words and punctuation between segments stay; whitespace is collapsed.
+    """
+    members = [spans[j] for j in np.flatnonzero(np.asarray(mask, dtype=bool))]
+    if not members:
+        return ""
+    if strategy == "drop":
+        return " ".join(text[s:e] for s, e in members)
+    if strategy != "keep-gaps":
+        raise ConfigError(f"coalition_text '{strategy}' is not one of ['drop', 'keep-gaps']")
+    first, last = members[0][0], members[-1][1]
+    pieces, pos = [], first
+    for j, (s, e) in enumerate(spans):
+        if first <= s and e <= last and not mask[j]:
+            pieces.append(text[pos:s])
+            pos = e
+    pieces.append(text[pos:last])
+    return " ".join("".join(pieces).split())
+
+
+class RetrievalReward:
+    """Retrieval-quality reward over a Retriever (dense MiniLM by default; see `build_reward`)."""
+
+    def __init__(self, retriever: Retriever, config: RewardConfig | None = None):
+        self.retriever = retriever
+        self.config = (config or RewardConfig()).validate()
+        self.row_of = {pid: i for i, pid in enumerate(retriever.product_ids)}
+        self.stats: Counter[str] = Counter()  # missing_tags, texts_unique, texts_total, ...
+
+    # -- texts ---------------------------------------------------------------------------
+    def _prepend(self, task: Task) -> bool:
+        cfg = self.config.prepend_query
+        return (task.kind == "query_expansion") if cfg is None else bool(cfg) and bool(task.query)
+
+    def with_query(self, text: str, task: Task) -> str:
+        """The retrieval text for a response text: the query first when configured."""
+        if self._prepend(task) and task.query:
+            return f"{task.query} {text}".strip()
+        return text
+
+    def response_text(self, response: str) -> str | None:
+        """The answer region of `response` (None when tags are missing and the policy is zero)."""
+        tags = self.config.answer_tags
+        span = answer_span(response, tags) if tags else None
+        if span is not None:
+            return response[span[0] : span[1]].strip()
+        if tags:
+            self.stats["missing_tags"] += 1
+            if self.config.missing_tags == "zero":
+                return None
+        return " ".join(
+            response[s:e].strip() for s, e in attributable_regions(response, None)
+        ).strip()
+
+    def empty_text(self, task: Task) -> str | None:
+        """Retrieval text of the empty coalition (None: its value is 0)."""
+        if self.config.empty_value == "query" and task.kind == "query_expansion" and task.query:
+            return task.query
+        return None
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _pool_rows(self, task: Task) -> np.ndarray | None:
+        if self.config.mode == "catalog":
+            return None
+        if task.pool is None:
+            raise OspoError(
+                f"task '{task.id}' has no candidate pool; use reward mode 'catalog' or add pools"
+            )
+        try:
+            return np.array([self.row_of[p] for p in task.pool], dtype=np.int64)
+        except KeyError as exc:
+            raise OspoError(f"task '{task.id}': pool product {exc} is not in the catalog") from None
+
+    def _judgments(self, tasks: Sequence[Task]) -> M.Judgments:
+        return M.Judgments(
+            [t.targets for t in tasks],
+            self.row_of,
+            binary=self.config.gains == "binary",
+            gain_map=self.config.gain_map,
+        )
+
+    def _evaluate(
+        self,
+        texts: Sequence[str | None],
+        task_rows: np.ndarray,
+        tasks: Sequence[Task],
+        names: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        """Metrics of each (text, task) pair in one batched ranking; None texts score 0."""
+        depth = min(M.metric_depth(names, self.config.k), max(len(self.row_of), 1))
+        task_rows = np.asarray(task_rows, dtype=np.int64)
+        pools = [self._pool_rows(t) for t in tasks]
+        keep = np.array([t is not None for t in texts], dtype=bool)
+        # Identical (text, pool) pairs are ranked once; the encoder dedupes texts across pools too.
+        unique: dict[tuple[str, int], int] = {}
+        pool_ids: dict[bytes, int] = {}
+        pool_key = [
+            pool_ids.setdefault(b"" if p is None else p.tobytes(), len(pool_ids)) for p in pools
+        ]
+        inverse = np.full(len(texts), -1, dtype=np.int64)
+        first_task: list[int] = []
+        for b in np.flatnonzero(keep):
+            key = (texts[b], pool_key[task_rows[b]])
+            if key not in unique:
+                unique[key] = len(unique)
+                first_task.append(int(task_rows[b]))
+            inverse[b] = unique[key]
+        self.stats["texts_total"] += int(keep.sum())
+        self.stats["texts_unique"] += len(unique)
+        ranked = np.full((len(texts), depth), -1, dtype=np.int64)
+        if unique:
+            unique_pools = None if self.config.mode == "catalog" else [pools[t] for t in first_task]
+            ranked_unique = self.retriever.rank([t for t, _ in unique], depth, unique_pools)
+            ranked[keep] = ranked_unique[inverse[keep]]
+        judg = self._judgments(tasks)
+        gains = judg.gains(ranked, task_rows)
+        out = M.compute(
+            names, gains, judg.ideal(depth)[task_rows], judg.n_relevant[task_rows], self.config.k
+        )
+        return {name: np.where(keep, v, 0.0) for name, v in out.items()}
+
+    @property
+    def reward_metric(self) -> str:
+        return f"{self.config.metric}@{self.config.k}"
+
+    def _full_texts(self, responses: Sequence[str], tasks: Sequence[Task]) -> list[str | None]:
+        if len(responses) != len(tasks):
+            raise ValueError(f"{len(responses)} responses but {len(tasks)} tasks")
+        texts = []
+        for response, task in zip(responses, tasks, strict=True):
+            body = self.response_text(response)
+            texts.append(None if body is None else self.with_query(body, task))
+        return texts
+
+    def score(self, responses: Sequence[str], tasks: Sequence[Task]) -> np.ndarray:
+        """Reward (B,) of full responses (their answer region when tagged)."""
+        texts = self._full_texts(responses, tasks)
+        return self._evaluate(texts, np.arange(len(tasks)), tasks, [self.reward_metric])[
+            self.reward_metric
+        ]
+
+    def metrics(self, responses: Sequence[str], tasks: Sequence[Task]) -> dict[str, np.ndarray]:
+        """Evaluation metrics (B,) per name in `config.eval_metrics` (ndcg@10, recall@10, ...)."""
+        texts = self._full_texts(responses, tasks)
+        return self._evaluate(texts, np.arange(len(tasks)), tasks, list(self.config.eval_metrics))
+
+    # -- coalitions ----------------------------------------------------------------------
+    def coalition_texts(
+        self, response: str, spans: Sequence[tuple[int, int]], masks: np.ndarray, task: Task
+    ) -> list[str | None]:
+        """Retrieval text of each coalition row of `masks (C, n)`; None where v is 0 by definition."""
+        masks = np.asarray(masks, dtype=bool).reshape(-1, len(spans))
+        out: list[str | None] = []
+        for mask in masks:
+            if not mask.any():
+                out.append(self.empty_text(task))
+            else:
+                out.append(
+                    self.with_query(
+                        coalition_text(response, spans, mask, self.config.coalition_text), task
+                    )
+                )
+        return out
+
+    def coalition_values(
+        self,
+        responses: Sequence[str],
+        segments: Sequence[Sequence[tuple[int, int]]],
+        coalition_masks: Sequence[np.ndarray],
+        tasks: Sequence[Task],
+    ) -> list[np.ndarray]:
+        """v(S) for every coalition of every completion, in one batched pass: list of (C_i,)."""
+        if not (len(responses) == len(segments) == len(coalition_masks) == len(tasks)):
+            raise ValueError(
+                "responses, segments, coalition_masks and tasks must have the same length"
+            )
+        texts: list[str | None] = []
+        rows: list[int] = []
+        sizes = []
+        for i, (resp, spans, masks, task) in enumerate(
+            zip(responses, segments, coalition_masks, tasks, strict=True)
+        ):
+            ct = self.coalition_texts(resp, spans, masks, task)
+            texts.extend(ct)
+            rows.extend([i] * len(ct))
+            sizes.append(len(ct))
+        values = self._evaluate(texts, np.array(rows, dtype=np.int64), tasks, [self.reward_metric])[
+            self.reward_metric
+        ]
+        return np.split(values, np.cumsum(sizes)[:-1]) if sizes else []
+
+    def coalition_values_sequential(
+        self,
+        responses: Sequence[str],
+        segments: Sequence[Sequence[tuple[int, int]]],
+        coalition_masks: Sequence[np.ndarray],
+        tasks: Sequence[Task],
+    ) -> list[np.ndarray]:
+        """Reference: one encode, one search and one metric call per coalition (the authors' loop)."""
+        name = self.reward_metric
+        depth = min(self.config.k, max(len(self.row_of), 1))
+        out = []
+        for resp, spans, masks, task in zip(
+            responses, segments, coalition_masks, tasks, strict=True
+        ):
+            judg = self._judgments([task])
+            pool = self._pool_rows(task)
+            vals = []
+            for text in self.coalition_texts(resp, spans, masks, task):
+                if text is None:
+                    vals.append(0.0)
+                    continue
+                ranked = self.retriever.rank([text], depth, None if pool is None else [pool])
+                gains = judg.gains(ranked)
+                vals.append(
+                    float(
+                        M.compute([name], gains, judg.ideal(depth), judg.n_relevant, self.config.k)[
+                            name
+                        ][0]
+                    )
+                )
+            out.append(np.array(vals))
+        return out
+
+
+def build_reward(
+    catalog,
+    config: RewardConfig | None = None,
+    encoder_dir=None,
+    index_dir=None,
+    cache_dir=None,
+) -> RetrievalReward:
+    """A RetrievalReward over a catalog (path to catalog.jsonl or a product_id -> Product dict),
+    with the dense encoder in `encoder_dir` (default: embedded MiniLM) and an optional index."""
+    from ospo_mlx.data.schema import load_catalog
+    from ospo_mlx.reward.retrievers import encoder_retriever
+
+    if not isinstance(catalog, dict):
+        catalog = load_catalog(catalog)
+    return RetrievalReward(encoder_retriever(catalog, encoder_dir, index_dir, cache_dir), config)
