@@ -4,6 +4,13 @@
 ESCI sample catalog (../shared/data/esci-sample; a generated catalog when absent) through a
 usearch index, with the embedded MiniLM encoder. Prints one JSON line.
 
+Both paths run in the same process, one after the other, so compare their ratio, not absolute
+times (the CPU is shared). Next to wall time it reports process CPU time, the encoder's achieved
+GFLOP/s (position-wise matmul FLOPs / wall time) and, measured in the same run, the float32
+matmul rate on the encoder's largest shape: `speedup_ceiling` is that rate over the sequential
+path's achieved rate, i.e. the speedup the vectorized path would reach if it ran at matmul peak
+with no other cost.
+
     python bench/coalitions.py [--json] [--quick]
 """
 
@@ -26,7 +33,48 @@ from ospo_mlx.attribution import contiguous_coalitions, segment
 from ospo_mlx.data.schema import Product, Task
 
 ESCI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci-sample"
-VOCAB = ["wireless", "bluetooth", "headphones", "running", "shoes", "phone", "case", "usb", "charger", "cable", "waterproof", "hiking", "boots", "kids", "winter", "jacket", "laptop", "stand", "noise", "cancelling", "earbuds", "steel", "water", "bottle", "yoga", "mat", "desk", "lamp", "gaming", "keyboard", "backpack", "leather", "wallet", "men", "women", "black", "red", "blue", "large", "small"]
+VOCAB = [
+    "wireless",
+    "bluetooth",
+    "headphones",
+    "running",
+    "shoes",
+    "phone",
+    "case",
+    "usb",
+    "charger",
+    "cable",
+    "waterproof",
+    "hiking",
+    "boots",
+    "kids",
+    "winter",
+    "jacket",
+    "laptop",
+    "stand",
+    "noise",
+    "cancelling",
+    "earbuds",
+    "steel",
+    "water",
+    "bottle",
+    "yoga",
+    "mat",
+    "desk",
+    "lamp",
+    "gaming",
+    "keyboard",
+    "backpack",
+    "leather",
+    "wallet",
+    "men",
+    "women",
+    "black",
+    "red",
+    "blue",
+    "large",
+    "small",
+]
 
 
 def load_catalog_and_queries(
@@ -71,6 +119,28 @@ def make_completions(catalog, queries, n: int, rng: random.Random):
     return responses, tasks
 
 
+def matmul_gflops(tokens: int, d_in: int, d_out: int, repeats: int = 5) -> float:
+    """Best-of-`repeats` float32 MLX matmul rate on a (tokens, d_in) x (d_in, d_out) product."""
+    import mlx.core as mx
+
+    x, w = mx.random.normal((tokens, d_in)), mx.random.normal((d_out, d_in))
+    mx.eval(x, w)
+    mx.eval(x @ w.T)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mx.eval(x @ w.T)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * tokens * d_in * d_out / best / 1e9
+
+
+def timed(fn):
+    """(result, wall ms, process CPU ms) of fn()."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, (time.perf_counter() - w0) * 1e3, (time.process_time() - c0) * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="(default) print one JSON line")
@@ -97,21 +167,38 @@ def main() -> None:
         masks = [contiguous_coalitions(len(s), None, args.max_coalitions, args.seed) for s in segs]
         reward.coalition_values(responses[:1], segs[:1], masks[:1], tasks[:1])  # warm-up
 
-        before = encoder.texts_encoded
-        t0 = time.perf_counter()
-        fast = reward.coalition_values(responses, segs, masks, tasks)
-        vec_ms = (time.perf_counter() - t0) * 1e3
-        unique = encoder.texts_encoded - before
-        t0 = time.perf_counter()
-        slow = reward.coalition_values_sequential(responses, segs, masks, tasks)
-        seq_ms = (time.perf_counter() - t0) * 1e3
+        before, tok0 = encoder.texts_encoded, encoder.tokens_encoded
+        fast, vec_ms, vec_cpu = timed(
+            lambda: reward.coalition_values(responses, segs, masks, tasks)
+        )
+        unique, vec_tokens = encoder.texts_encoded - before, encoder.tokens_encoded - tok0
+        tok0 = encoder.tokens_encoded
+        slow, seq_ms, seq_cpu = timed(
+            lambda: reward.coalition_values_sequential(responses, segs, masks, tasks)
+        )
+        seq_tokens = encoder.tokens_encoded - tok0
+        cfg = encoder.config
+        peak = matmul_gflops(vec_tokens, cfg.hidden_size, cfg.intermediate_size)
 
     diff = max(float(np.abs(a - b).max()) for a, b in zip(fast, slow, strict=True))
+    vec_gflops = vec_tokens * encoder.flops_per_token / vec_ms / 1e6
+    seq_gflops = seq_tokens * encoder.flops_per_token / seq_ms / 1e6
     result = {
         "speedup": round(seq_ms / vec_ms, 2),
+        "speedup_cpu": round(seq_cpu / vec_cpu, 2),
+        "speedup_ceiling": round(peak / seq_gflops, 2),
         "max_abs_diff": diff,
         "vectorized_ms": round(vec_ms, 1),
         "sequential_ms": round(seq_ms, 1),
+        "vectorized_cpu_ms": round(vec_cpu, 1),
+        "sequential_cpu_ms": round(seq_cpu, 1),
+        "encoder_tokens": {"vectorized": vec_tokens, "sequential": seq_tokens},
+        "encoder_gflop": round(vec_tokens * encoder.flops_per_token / 1e9, 1),
+        "gflops": {
+            "vectorized": round(vec_gflops, 1),
+            "sequential": round(seq_gflops, 1),
+            "matmul_peak": round(peak, 1),
+        },
         "coalitions": int(sum(m.shape[0] for m in masks)),
         "unique_texts": int(unique),
         "completions": len(responses),

@@ -111,3 +111,51 @@ def test_missing_files_are_one_line_errors(tmp_path, encoder):
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(OspoError, match="not supported"):
         SentenceEncoder(tmp_path)
+
+
+def test_packing_indices_round_trip():
+    """Gather to per-group padded rows and unpad back recovers every packed token in order."""
+    from ospo_mlx.reward.encoder import Packing
+
+    lengths = [2, 3, 3, 7, 9, 9, 17, 30]  # sorted, as encode() sends them: 4 attention groups
+    p = Packing.build(lengths)
+    assert [(n, length) for _, n, length, _ in p.groups] == [(4, 7), (2, 9), (1, 17), (1, 30)]
+    total = sum(lengths)
+    tokens = np.arange(total)
+    padded = np.concatenate([tokens[np.array(g)] for g, *_ in p.groups])
+    np.testing.assert_array_equal(padded[np.array(p.unpad)], tokens)
+    np.testing.assert_array_equal(p.starts, np.cumsum([0, *lengths[:-1]]))
+    np.testing.assert_array_equal(np.array(p.positions)[p.starts[3] : p.starts[4]], np.arange(7))
+    # Masks hide exactly the padding keys of each row.
+    first = np.array(p.groups[0][3])[:, 0, 0, :]
+    np.testing.assert_array_equal(
+        first < -1e8, np.arange(7)[None, :] >= np.array([[2], [3], [3], [7]])
+    )
+    assert p.groups[2][3] is None  # a lone row has no padding
+    single = Packing.build([5])
+    assert single.unpad is None and single.groups[0][0] is None  # no copies for one sequence
+
+
+def test_packed_batch_matches_single_texts(encoder):
+    """Many lengths in one packed batch (several attention groups) equal one-at-a-time encodes."""
+    words = [
+        "wireless",
+        "noise",
+        "cancelling",
+        "over",
+        "ear",
+        "headphones",
+        "with",
+        "long",
+        "battery",
+        "life",
+        "and",
+        "case",
+    ]
+    texts = [" ".join(words[: 1 + (7 * i) % len(words)]) * (1 + i // 5) for i in range(12)]
+    tok0 = encoder.tokens_encoded
+    batch = encoder.encode(texts)
+    assert encoder.tokens_encoded - tok0 == sum(len(ids) for ids, _ in encoder.tokenize(texts))
+    assert len({len(ids) // 8 for ids, _ in encoder.tokenize(texts)}) >= 3
+    alone = np.stack([encoder.encode([t])[0] for t in texts])
+    np.testing.assert_allclose(batch, alone, atol=2e-6)
