@@ -1,0 +1,201 @@
+"""Group sampling on the tiny model: shapes, ordering, offsets, seeds, EOS, log-probs."""
+
+from __future__ import annotations
+
+import ospo_mlx  # noqa: F401  (BLAS before mlx)
+
+# isort: split
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ospo_mlx.errors import ConfigError, OspoError
+from ospo_mlx.models.load import load_model
+from ospo_mlx.models.tiny import make_tiny_model
+from ospo_mlx.train.rollout import SamplingConfig, decode_with_offsets, sample_groups
+
+QUESTIONS = ["What is the capital of France?", "red running shoes", "Name three fruits, please."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = make_tiny_model(tmp_path_factory.mktemp("tiny") / "m", seed=0, eos_prob=0.08)
+    return load_model(str(path))
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    _, tok = tiny
+    return [
+        tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
+        for q in QUESTIONS
+    ]
+
+
+def _check_offsets(text, spans):
+    end = 0
+    for start, stop in spans:
+        assert start == end and stop >= start
+        end = stop
+    assert end == len(text)
+
+
+def test_shapes_order_and_text(tiny, prompts):
+    model, tok = tiny
+    cfg = SamplingConfig(num_generations=4, max_new_tokens=24, seed=1)
+    r = sample_groups(model, tok, prompts, cfg)
+    assert len(r) == 12 and r.num_prompts == 3 and r.group_size == 4
+    assert r.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
+    assert all(r.prompt_tokens[i] == prompts[i // 4] for i in range(12))
+    assert list(r.group(1)) == [4, 5, 6, 7]
+    for toks, text, spans, done in zip(
+        r.completion_tokens, r.texts, r.token_offsets, r.finished, strict=True
+    ):
+        assert 1 <= len(toks) <= 24 and len(spans) == len(toks)
+        assert done == (toks[-1] == 2) and 2 not in toks[:-1]
+        assert done or len(toks) == 24
+        assert text == tok._tokenizer.decode(toks[:-1] if done else toks)
+        assert "<|im_end|>" not in text
+        _check_offsets(text, spans)
+    assert r.stats.generation_tokens == sum(r.completion_lengths())
+    assert r.stats.tokens_per_s > 0
+    assert 0 < sum(r.finished) < 12  # some stop on EOS, some hit the limit
+    assert r.metrics()["completions/clipped_ratio"] == pytest.approx(1 - sum(r.finished) / 12)
+
+
+def test_groups_belong_to_their_prompt(tiny, prompts):
+    # Greedy: each group must equal what its prompt alone produces.
+    model, tok = tiny
+    cfg = SamplingConfig(num_generations=2, max_new_tokens=12, temperature=0.0)
+    together = sample_groups(model, tok, prompts, cfg)
+    for p, prompt in enumerate(prompts):
+        alone = sample_groups(model, tok, [prompt], cfg)
+        for i in together.group(p):
+            assert together.completion_tokens[i] == alone.completion_tokens[0]
+
+
+def test_seed_reproducibility(tiny, prompts):
+    model, tok = tiny
+    cfg = SamplingConfig(num_generations=3, max_new_tokens=16, seed=7)
+    a = sample_groups(model, tok, prompts, cfg)
+    b = sample_groups(model, tok, prompts, cfg)
+    c = sample_groups(model, tok, prompts, cfg, seed=8)
+    assert a.completion_tokens == b.completion_tokens and a.texts == b.texts
+    assert a.completion_tokens != c.completion_tokens
+    # Completions inside a group differ (sampling, not copies).
+    assert len({tuple(t) for t in a.completion_tokens[:3]}) > 1
+
+
+def test_shared_prefill_matches_plain_batching(tiny, prompts):
+    model, tok = tiny
+    kw = dict(num_generations=3, max_new_tokens=10, temperature=0.0, return_logprobs=True)
+    shared = sample_groups(model, tok, prompts, SamplingConfig(**kw, share_prompt_prefill=True))
+    plain = sample_groups(model, tok, prompts, SamplingConfig(**kw, share_prompt_prefill=False))
+    assert shared.completion_tokens == plain.completion_tokens
+    np.testing.assert_allclose(
+        np.concatenate(shared.logprobs), np.concatenate(plain.logprobs), atol=1e-4
+    )
+    assert shared.stats.prompt_tokens < plain.stats.prompt_tokens
+
+
+def test_logprobs_match_teacher_forcing(tiny, prompts):
+    model, tok = tiny
+    cfg = SamplingConfig(num_generations=2, max_new_tokens=10, seed=3, return_logprobs=True)
+    r = sample_groups(model, tok, prompts[:2], cfg)
+    for i in range(len(r)):
+        seq = r.prompt_tokens[i] + r.completion_tokens[i]
+        logits = model(mx.array([seq[:-1]]))[0, len(r.prompt_tokens[i]) - 1 :]
+        ref = nn.log_softmax(logits, axis=-1)[
+            mx.arange(len(r.completion_tokens[i])), mx.array(r.completion_tokens[i])
+        ]
+        np.testing.assert_allclose(r.logprobs[i], np.array(ref), atol=1e-4)
+
+
+def test_eos_stops_and_max_tokens(tmp_path, prompts):
+    model, tok = load_model(str(make_tiny_model(tmp_path / "eos", seed=2, eos_prob=0.6)))
+    r = sample_groups(
+        model, tok, prompts, SamplingConfig(num_generations=4, max_new_tokens=50, seed=0)
+    )
+    assert sum(r.finished) == len(r)  # with P(eos) ~ 0.6 per step, 50 steps never run out
+    assert all(t[-1] == 2 for t in r.completion_tokens)
+    assert all(
+        spans[-1] == (len(text), len(text))
+        for text, spans in zip(r.texts, r.token_offsets, strict=True)
+    )
+    one = sample_groups(
+        model, tok, prompts, SamplingConfig(num_generations=2, max_new_tokens=1, seed=0)
+    )
+    assert one.completion_lengths() == [1] * 6
+
+
+def test_validation_and_edge_cases(tiny, prompts):
+    model, tok = tiny
+    with pytest.raises(ConfigError, match="num_generations"):
+        sample_groups(model, tok, prompts, SamplingConfig(num_generations=0))
+    with pytest.raises(ConfigError, match="top_p"):
+        sample_groups(model, tok, prompts, SamplingConfig(top_p=0.0))
+    with pytest.raises(OspoError, match="prompt 1 has no tokens"):
+        sample_groups(model, tok, [prompts[0], []], SamplingConfig())
+    empty = sample_groups(model, tok, [], SamplingConfig(num_generations=2))
+    assert len(empty) == 0 and empty.num_prompts == 0
+    single = sample_groups(model, tok, [[1]], SamplingConfig(num_generations=2, max_new_tokens=4))
+    assert len(single) == 2  # a one-token prompt has nothing to prefill
+
+
+# ---------------------------------------------------------------- incremental decoding
+
+
+@pytest.fixture(scope="module")
+def decode(tiny):
+    return tiny[1]._tokenizer.decode
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 49151), min_size=0, max_size=30))
+def test_offsets_tile_and_extend_prefixes(decode, tokens):
+    text, spans = decode_with_offsets(decode, tokens)
+    assert text == decode(tokens)
+    assert len(spans) == len(tokens)
+    _check_offsets(text, spans)
+    for i, (_, end) in enumerate(spans):
+        prefix = decode(tokens[: i + 1])
+        if not prefix.endswith("\ufffd") and i + 1 < len(tokens):
+            assert text[:end] == prefix[:end]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(min_size=0, max_size=40))
+def test_offsets_of_real_text_with_multibyte_characters(tiny, decode, text):
+    tok = tiny[1]
+    tokens = tok.encode(text)
+    got, spans = decode_with_offsets(decode, tokens)
+    assert got == decode(tokens)
+    _check_offsets(got, spans)
+    # Every token whose bytes complete at least one character owns it; partial ones are empty.
+    joined = "".join(got[s:e] for s, e in spans)
+    assert joined == got
+
+
+def test_multibyte_token_spans(decode, tiny):
+    tok = tiny[1]
+    tokens = tok.encode("a 🙂 b")
+    text, spans = decode_with_offsets(decode, tokens)
+    emoji = text.index("🙂")
+    owners = [i for i, (s, e) in enumerate(spans) if s <= emoji < e]
+    assert len(owners) == 1
+    partial = [i for i, (s, e) in enumerate(spans) if s == e]
+    assert all(spans[i][0] == emoji for i in partial)  # zero-width at the character's start
+
+
+def test_offsets_fallback_for_non_local_decoders():
+    # A decoder whose output for a prefix is not a prefix of the full text.
+    def decode(ids):
+        return " ".join(str(i) for i in ids).replace("1 2", "12")
+
+    tokens = [1, 2, 3, 1]
+    text, spans = decode_with_offsets(decode, tokens)
+    assert text == decode(tokens)
+    _check_offsets(text, spans)
