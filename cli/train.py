@@ -1,0 +1,63 @@
+"""`ospo train`: LoRA RL fine-tuning with OSPO (or GRPO) from a YAML config plus overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML config (see configs/); defaults otherwise."
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (optim.steps)."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<name>)."),
+    name: str | None = typer.Option(None, "--name", help="Run name (run.name)."),
+    algorithm: str | None = typer.Option(None, "--algorithm", help="ospo or grpo."),
+    model: str | None = typer.Option(
+        None, "--model", help="Model path or repo id (model.name); 'tiny' for tests."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (run.seed)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run from its last complete checkpoint."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override any option: --set optim.learning_rate=1e-4 (repeatable)."
+    ),
+    plain: bool = typer.Option(
+        False, "--plain", help="One plain line per step even on a terminal."
+    ),
+) -> None:
+    """Train LoRA adapters with OSPO or GRPO; writes runs/<name>/ (metrics, rollouts, adapters)."""
+    from ospo_mlx.config import load_config
+    from ospo_mlx.errors import OspoError
+    from ospo_mlx.train.trainer import train as run_train
+
+    flags = {
+        "optim.steps": steps,
+        "run.out": str(out) if out else None,
+        "run.name": name,
+        "algorithm": algorithm,
+        "model.name": model,
+        "run.seed": seed,
+    }
+    if resume and config is None:
+        # Resuming without --config: continue with the run's own resolved config.
+        run_dir = out or Path("runs") / (name or "run")
+        config = run_dir / "config.yaml"
+        if not config.is_file():
+            raise OspoError(
+                f"no run to resume at {run_dir} ({config} is missing); start it without --resume"
+            )
+    cfg = load_config(config, overrides, **flags)
+    history = run_train(cfg, resume=resume, live=False if plain else None)
+    last = history[-1] if history else {}
+    typer.echo(
+        f"done: {len(history)} steps, reward {last.get('reward', float('nan')):.4f}, "
+        f"adapters in {cfg.run_dir() / 'adapters'}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,484 @@
+"""Training configuration: dataclasses with help text, YAML files and `--set` overrides.
+
+Precedence is CLI > YAML > defaults. Every key and value is validated against the dataclass
+type hints; unknown keys and bad values raise a one-line ConfigError naming the key (with the
+closest valid key suggested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ospo_mlx.data.prompts import PromptConfig
+from ospo_mlx.errors import ConfigError
+from ospo_mlx.reward.retrieval import RewardConfig as RetrievalRewardConfig
+
+
+@dataclass
+class ModelConfig:
+    name: str | None = field(
+        default=None,
+        metadata={
+            "help": "mlx-lm model path or HF repo id; null = embedded SmolLM2-135M; 'tiny' = test model."
+        },
+    )
+    dequantize: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Use float weights of a quantized model; null = only on CPU, where quantized matmuls are slow."
+        },
+    )
+
+
+@dataclass
+class LoraConfig:
+    rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    scale: float = field(
+        default=20.0, metadata={"help": "Scale of the low-rank update (mlx-lm convention)."}
+    )
+    alpha: float | None = field(
+        default=None, metadata={"help": "PEFT-style alpha; when set, scale = alpha / rank."}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    num_layers: int = field(
+        default=-1, metadata={"help": "Adapt the last N transformer blocks; -1 = all."}
+    )
+    keys: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module keys inside a block to adapt (e.g. self_attn.q_proj); null = every linear layer."
+        },
+    )
+
+    @property
+    def effective_scale(self) -> float:
+        return self.alpha / self.rank if self.alpha is not None else self.scale
+
+
+@dataclass
+class DataConfig:
+    catalog: str = field(default="data/demo/catalog.jsonl", metadata={"help": "Catalog JSONL."})
+    train: str = field(default="data/demo/train.jsonl", metadata={"help": "Training tasks JSONL."})
+    max_tasks: int | None = field(
+        default=None, metadata={"help": "Use only the first N training tasks."}
+    )
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = field(
+        default=48, metadata={"help": "Maximum completion length in tokens."}
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature; training log-probs use logits / temperature too."},
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1.0 = off)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    min_p: float = field(default=0.0, metadata={"help": "Min-p sampling threshold (0 = off)."})
+    batch_size: int = field(default=64, metadata={"help": "Most completions decoded at once."})
+
+
+@dataclass
+class RewardConfig(RetrievalRewardConfig):
+    """The retrieval reward's own options plus where its encoder lives."""
+
+    encoder: str | None = field(
+        default=None,
+        metadata={"help": "Sentence-embedding model directory; null = embedded all-MiniLM-L6-v2."},
+    )
+    index: str | None = field(
+        default=None,
+        metadata={"help": "Catalog index directory built by `ospo index`; null = embed now."},
+    )
+    cache_embeddings: bool = field(
+        default=True,
+        metadata={"help": "Reuse catalog embeddings across runs ($OSPO_CACHE/embeddings)."},
+    )
+
+    def reward_config(self) -> RetrievalRewardConfig:
+        """The options the reward module takes (without `encoder`)."""
+        names = {f.name for f in dataclasses.fields(RetrievalRewardConfig)}
+        return RetrievalRewardConfig(
+            **{k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        )
+
+
+@dataclass
+class AttributionConfig:
+    segmenter: str = field(
+        default="phrase", metadata={"help": "How answers are split: phrase, sentence, regex."}
+    )
+    max_coalitions: int = field(
+        default=16, metadata={"help": "Coalitions evaluated per completion."}
+    )
+    max_width: int | None = field(
+        default=None, metadata={"help": "Widest contiguous coalition; null = any width."}
+    )
+    advantage_mode: Literal["prop", "rank", "hybrid"] = field(
+        default="prop",
+        metadata={"help": "How Owen values become token weights: prop, rank or hybrid."},
+    )
+    alpha: float = field(default=0.5, metadata={"help": "Mixing weight of the hybrid mode."})
+    clip: float | None = field(
+        default=None, metadata={"help": "Clip token advantages to [-clip, clip]; null = off."}
+    )
+    floor: float = field(
+        default=0.0, metadata={"help": "Weight of tokens outside every segment (0..1)."}
+    )
+    max_segments: int | None = field(
+        default=None, metadata={"help": "Merge adjacent segments down to this many; null = no cap."}
+    )
+
+
+@dataclass
+class OptimConfig:
+    steps: int = field(default=20, metadata={"help": "Optimizer steps to run."})
+    batch_size: int = field(default=2, metadata={"help": "Prompts per step."})
+    num_generations: int = field(
+        default=4, metadata={"help": "Completions per prompt (the group size G)."}
+    )
+    num_iterations: int = field(
+        default=1,
+        metadata={
+            "help": "Updates per batch of rollouts (>1 reuses them; clipping becomes active)."
+        },
+    )
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={"help": "Micro-batches per update; the batch's completions are split evenly."},
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
+    warmup_steps: int = field(
+        default=0, metadata={"help": "Linear warm-up updates before the cosine decay."}
+    )
+    min_learning_rate: float = field(
+        default=0.0, metadata={"help": "Learning rate at the end of the cosine."}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float | None = field(
+        default=1.0, metadata={"help": "Clip the global gradient norm; null = off."}
+    )
+    epsilon: float = field(
+        default=0.2, metadata={"help": "Lower clipping range of the ratio (1 - epsilon)."}
+    )
+    epsilon_high: float | None = field(
+        default=None, metadata={"help": "Upper clipping range (1 + epsilon_high); null = epsilon."}
+    )
+    beta: float = field(
+        default=0.0, metadata={"help": "KL coefficient against the adapter-off reference (k3)."}
+    )
+    loss_type: Literal["grpo", "bnpo", "dapo", "dr_grpo"] = field(
+        default="dapo",
+        metadata={"help": "Loss aggregation: grpo, bnpo, dapo or dr_grpo (as in TRL)."},
+    )
+    scale_rewards: Literal["group", "batch", "none"] = field(
+        default="group",
+        metadata={"help": "Divide advantages by the group std, the batch std, or not at all."},
+    )
+    grad_checkpoint: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward."}
+    )
+    log_entropy: bool = field(
+        default=True,
+        metadata={"help": "Log the policy's token entropy (one more pass over the vocabulary)."},
+    )
+
+
+@dataclass
+class RunConfig:
+    name: str | None = field(
+        default=None, metadata={"help": "Run name; null = the config file's stem."}
+    )
+    out: str | None = field(default=None, metadata={"help": "Run directory; null = runs/<name>."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed for sampling, coalitions, data order and LoRA init."}
+    )
+    save_every: int = field(
+        default=10, metadata={"help": "Checkpoint every N steps (and always at the end)."}
+    )
+    log_rollouts: bool = field(default=True, metadata={"help": "Write rollouts.jsonl."})
+    log_attributions: bool = field(
+        default=True, metadata={"help": "Compute and log attributions under algorithm grpo too."}
+    )
+
+
+@dataclass
+class TrainConfig:
+    algorithm: Literal["ospo", "grpo"] = field(
+        default="ospo",
+        metadata={
+            "help": "ospo (segment-attributed token advantages) or grpo (sequence advantage)."
+        },
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_dir(self) -> Path:
+        return Path(self.run.out) if self.run.out else Path("runs") / (self.run.name or "run")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check/convert `value` to the type `hint`; raise ConfigError naming `key`."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], key) for k, v in value.items()}
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(as_float)
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported option type {hint}")
+
+
+def _unknown_key(key: str, valid: list[str], prefix: str) -> ConfigError:
+    full = [f"{prefix}{v}" for v in valid]
+    close = difflib.get_close_matches(f"{prefix}{key}", full, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(full)}"
+    return ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Set the (nested) `values` on dataclass `obj`, validating keys and types."""
+    hints = _hints(type(obj))
+    for key, value in values.items():
+        if key not in hints:
+            raise _unknown_key(str(key), list(hints), prefix)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: expected a mapping of options, got {value!r}")
+            _apply(current, value, f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{prefix}{key}"))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'optim.steps=5' -> (['optim', 'steps'], 5); the value is read as YAML (null, true, 1e-4, [a, b])."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.steps=5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return [p for p in key.strip().split(".") if p], value
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Cross-field checks that types alone cannot express."""
+    o, s, a, lo = config.optim, config.sampling, config.attribution, config.lora
+    positive = {
+        "optim.steps": o.steps,
+        "optim.batch_size": o.batch_size,
+        "optim.num_generations": o.num_generations,
+        "optim.num_iterations": o.num_iterations,
+        "optim.gradient_accumulation_steps": o.gradient_accumulation_steps,
+        "sampling.max_new_tokens": s.max_new_tokens,
+        "attribution.max_coalitions": a.max_coalitions,
+        "lora.rank": lo.rank,
+        "run.save_every": config.run.save_every,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    if o.num_generations < 2:
+        raise ConfigError(
+            "optim.num_generations: needs at least 2 completions per prompt to compare them"
+        )
+    completions = o.batch_size * o.num_generations
+    if completions % o.gradient_accumulation_steps:
+        raise ConfigError(
+            f"optim.gradient_accumulation_steps: {o.gradient_accumulation_steps} does not divide the "
+            f"{completions} completions per step (batch_size x num_generations)"
+        )
+    if s.temperature <= 0:
+        raise ConfigError(f"sampling.temperature: must be > 0, got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        raise ConfigError(f"sampling.top_p: must be in (0, 1], got {s.top_p}")
+    if o.learning_rate <= 0:
+        raise ConfigError(f"optim.learning_rate: must be > 0, got {o.learning_rate}")
+    if o.epsilon < 0 or (o.epsilon_high is not None and o.epsilon_high < 0):
+        raise ConfigError("optim.epsilon/epsilon_high: clipping ranges must be >= 0")
+    if o.beta < 0:
+        raise ConfigError(f"optim.beta: must be >= 0, got {o.beta}")
+    if not 0 <= lo.dropout < 1:
+        raise ConfigError(f"lora.dropout: must be in [0, 1), got {lo.dropout}")
+    if lo.num_layers == 0 or lo.num_layers < -1:
+        raise ConfigError(
+            f"lora.num_layers: use a positive count or -1 for all, got {lo.num_layers}"
+        )
+    if a.max_width is not None and a.max_width < 1:
+        raise ConfigError(f"attribution.max_width: must be at least 1 or null, got {a.max_width}")
+    if not 0 <= a.floor <= 1 or not 0 <= a.alpha <= 1:
+        raise ConfigError("attribution.floor and attribution.alpha: must be in [0, 1]")
+    if a.clip is not None and a.clip <= 0:
+        raise ConfigError(f"attribution.clip: must be > 0 or null, got {a.clip}")
+    try:
+        config.reward.reward_config().validate()
+    except ConfigError as exc:
+        raise ConfigError(
+            str(exc) if str(exc).startswith("reward.") else f"reward: {exc}"
+        ) from None
+    if config.reward.answer_tags not in (None, config.prompt.answer_tags):
+        raise ConfigError(
+            f"reward.answer_tags {list(config.reward.answer_tags)} differ from prompt.answer_tags "
+            f"{list(config.prompt.answer_tags)}; set both to the same tags"
+        )
+    try:  # the prompt section validates itself on construction
+        config.prompt = PromptConfig(**dataclasses.asdict(config.prompt))
+    except ConfigError as exc:
+        raise ConfigError(f"prompt: {exc}") from None
+    return config
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    **values: Any,
+) -> TrainConfig:
+    """Defaults, then the YAML file, then `--set` overrides, then keyword values ('optim.steps': 5).
+
+    Keyword values use dotted keys (`**{"optim.steps": 5}`) and take precedence over everything;
+    a None keyword value means "not given" (so CLI flags can be passed through unconditionally).
+    """
+    config = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; see configs/ for examples")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        _apply(config, data)
+        if config.run.name is None:
+            config.run.name = path.stem
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        if not keys:
+            raise ConfigError(f"--set {text!r}: empty key")
+        _apply(config, _nest(keys, value))
+    for dotted, value in values.items():
+        if value is not None:
+            _apply(config, _nest(dotted.split("."), value))
+    if config.run.name is None:
+        config.run.name = "run"
+    return validate(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig from `to_dict()` output (e.g. a run's config.yaml)."""
+    config = TrainConfig()
+    _apply(config, data)
+    return validate(config)
+
+
+def dump_config(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def describe_options(config: TrainConfig | None = None) -> list[tuple[str, str, Any]]:
+    """(dotted key, help, default) for every option: the reference for `--set`."""
+    config = config or TrainConfig()
+    rows: list[tuple[str, str, Any]] = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                rows.append((f"{prefix}{f.name}", f.metadata.get("help", ""), value))
+
+    walk(config, "")
+    return rows

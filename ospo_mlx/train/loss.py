@@ -1,0 +1,127 @@
+"""The clipped policy objective, as pure functions over (B, T) arrays.
+
+Shapes: B completions, T completion positions (padded; `mask` marks real tokens). The same
+objective serves GRPO (the sequence advantage broadcast to every token) and OSPO (per-token
+advantages from segment attributions): only the `advantages` array differs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import mlx.core as mx
+
+LossType = Literal["grpo", "bnpo", "dapo", "dr_grpo"]
+LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dapo", "dr_grpo")
+
+
+def token_log_probs(
+    logits: mx.array, targets: mx.array, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[mx.array, mx.array | None]:
+    """Log-probabilities of `targets` (B, T) under `logits / temperature` (B, T, V), like TRL.
+
+    Returns (logps (B, T), entropy (B, T) or None). Entropy is of the same tempered distribution.
+    """
+    logits = logits.astype(mx.float32)
+    if temperature != 1.0:
+        logits = logits / temperature
+    log_z = mx.logsumexp(logits, axis=-1)
+    picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+    logps = picked - log_z
+    entropy = None
+    if with_entropy:
+        log_p = logits - log_z[..., None]
+        entropy = -(mx.exp(log_p) * log_p).sum(axis=-1)
+    return logps, entropy
+
+
+def k3_kl(logps: mx.array, ref_logps: mx.array) -> mx.array:
+    """Per-token k3 estimator of KL(pi || ref): exp(r - l) - (r - l) - 1, always >= 0."""
+    delta = ref_logps - logps
+    return mx.exp(delta) - delta - 1.0
+
+
+def masked_mean(x: mx.array, mask: mx.array) -> mx.array:
+    return (x * mask).sum() / mx.maximum(mask.sum(), 1.0)
+
+
+def aggregate(
+    per_token: mx.array,
+    mask: mx.array,
+    loss_type: LossType,
+    max_completion_length: int | None = None,
+    token_normalizer: mx.array | float | None = None,
+) -> mx.array:
+    """Reduce a per-token loss to a scalar the way TRL's `loss_type` does.
+
+    grpo: mean over each sequence's tokens, then over sequences (short answers weigh more).
+    bnpo: mean over all tokens of this batch.
+    dapo: sum over tokens / `token_normalizer` (the token count of the whole generation batch,
+          so micro-batches of gradient accumulation all share one normalizer; default: this batch).
+    dr_grpo: sum / (B * max_completion_length), a constant normalizer free of length bias.
+    """
+    masked = per_token * mask
+    if loss_type == "grpo":
+        per_seq = masked.sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)
+        return per_seq.mean()
+    if loss_type == "bnpo":
+        return masked.sum() / mx.maximum(mask.sum(), 1.0)
+    if loss_type == "dapo":
+        norm = mask.sum() if token_normalizer is None else token_normalizer
+        return masked.sum() / mx.maximum(norm, 1.0)
+    if loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("dr_grpo needs max_completion_length")
+        return masked.sum() / (per_token.shape[0] * max_completion_length)
+    raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+
+
+def policy_loss(
+    logps: mx.array,
+    old_logps: mx.array,
+    advantages: mx.array,
+    mask: mx.array,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    ref_logps: mx.array | None = None,
+    loss_type: LossType = "dapo",
+    max_completion_length: int | None = None,
+    token_normalizer: mx.array | float | None = None,
+    entropy: mx.array | None = None,
+) -> tuple[mx.array, dict[str, mx.array]]:
+    """Clipped surrogate -min(r A, clip(r, 1-eps, 1+eps_high) A) + beta * k3, aggregated.
+
+    `old_logps` are the log-probs of the sampling policy (constants); with them equal to `logps`
+    the ratio is exactly 1 and nothing is clipped. Returns (loss, metrics) where the metrics
+    are scalar arrays without gradient: clip_ratio/{low,high,region}_mean, kl, entropy.
+    """
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    mask = mask.astype(mx.float32)
+    # exp(l - stop_grad(l)) keeps the gradient of r while its value stays exact.
+    ratio = mx.exp(logps - mx.stop_gradient(old_logps))
+    clipped = mx.clip(ratio, 1.0 - epsilon, 1.0 + eps_high)
+    per_token = -mx.minimum(ratio * advantages, clipped * advantages)
+    kl = None
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError("beta > 0 needs ref_logps")
+    if ref_logps is not None:  # also logged with beta = 0 when the caller computed the reference
+        kl = k3_kl(logps, mx.stop_gradient(ref_logps))
+        if beta != 0.0:
+            per_token = per_token + beta * kl
+    loss = aggregate(per_token, mask, loss_type, max_completion_length, token_normalizer)
+
+    r = mx.stop_gradient(ratio)
+    low = ((r < 1.0 - epsilon) & (advantages < 0)).astype(mx.float32)
+    high = ((r > 1.0 + eps_high) & (advantages > 0)).astype(mx.float32)
+    metrics = {
+        "clip_ratio/low_mean": masked_mean(low, mask),
+        "clip_ratio/high_mean": masked_mean(high, mask),
+        "clip_ratio/region_mean": masked_mean(mx.maximum(low, high), mask),
+        "kl": masked_mean(mx.stop_gradient(kl), mask) if kl is not None else mx.array(0.0),
+        "entropy": masked_mean(mx.stop_gradient(entropy), mask)
+        if entropy is not None
+        else mx.array(0.0),
+    }
+    return loss, metrics
