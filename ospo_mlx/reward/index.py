@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,13 +69,20 @@ class CatalogIndex:
         chash = catalog_hash(catalog)
         ident = encoder.identity
         cached = Path(cache_dir) / f"{chash}-{ident['fingerprint']}.npy" if cache_dir else None
+        vectors = None
         if cached is not None and cached.is_file():
-            vectors = np.load(cached, allow_pickle=False)
-        else:
+            try:
+                vectors = np.load(cached, allow_pickle=False)
+            except (OSError, ValueError, EOFError):  # a damaged cache file is recomputed
+                vectors = None
+        if vectors is None or vectors.shape != (len(catalog), encoder.dim):
             vectors = embed_catalog(catalog, encoder)
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                np.save(cached, vectors)
+                tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as fh:  # temp + rename: a killed run leaves no torn cache
+                    np.save(fh, vectors)
+                os.replace(tmp, cached)
         return cls(list(catalog), vectors, ident, chash)
 
     @classmethod
