@@ -44,13 +44,7 @@ def _root() -> None:
 
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cli.{name}":
-                raise
-            continue  # TODO(lead): remove once every command module has landed
-        module.register(app)
+        importlib.import_module(f"cli.{name}").register(app)
 
 
 def fail(message: str, code: int = 2) -> None:
