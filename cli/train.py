@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -32,6 +33,7 @@ def train(
     """Train LoRA adapters with OSPO or GRPO; writes runs/<name>/ (metrics, rollouts, adapters)."""
     from ospo_mlx.config import load_config
     from ospo_mlx.errors import OspoError
+    from ospo_mlx.train.interrupt import TrainingInterrupted
     from ospo_mlx.train.trainer import train as run_train
 
     flags = {
@@ -51,7 +53,15 @@ def train(
                 f"no run to resume at {run_dir} ({config} is missing); start it without --resume"
             )
     cfg = load_config(config, overrides, **flags)
-    history = run_train(cfg, resume=resume, live=False if plain else None)
+    try:
+        history = run_train(cfg, resume=resume, live=False if plain else None)
+    except TrainingInterrupted as exc:  # Ctrl-C/SIGTERM: checkpoint written, say how to resume
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(exc.exit_code) from None
+    from ospo_mlx.train.distributed import init_world, launched
+
+    if launched() and not init_world().is_main:
+        return  # under mlx.launch only rank 0 reports
     last = history[-1] if history else {}
     typer.echo(
         f"done: {len(history)} steps, reward {last.get('reward', float('nan')):.4f}, "

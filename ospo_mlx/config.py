@@ -36,6 +36,12 @@ class ModelConfig:
             "help": "Use float weights of a quantized model; null = only on CPU, where quantized matmuls are slow."
         },
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Let the model/tokenizer run Python code shipped with it (only for sources you trust)."
+        },
+    )
 
 
 @dataclass
@@ -354,6 +360,10 @@ def _nest(path: list[str], value: Any) -> dict[str, Any]:
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Cross-field checks that types alone cannot express."""
+    from ospo_mlx.safety import check_run_name
+
+    if config.run.name is not None:
+        check_run_name(config.run.name)  # runs/<name> must stay inside runs/
     o, s, a, lo = config.optim, config.sampling, config.attribution, config.lora
     positive = {
         "optim.steps": o.steps,

@@ -199,10 +199,9 @@ def run_systems(
     args: EvalArgs, source: Any, catalog: dict[str, Any], tasks: list[Any]
 ) -> list[SystemOutput]:
     """Raw texts, then base-model responses, then the same model with the adapters loaded."""
-    from mlx_lm.tuner.utils import load_adapters
-
     from ospo_mlx.data.prompts import PromptConfig, encode_prompt
     from ospo_mlx.export.fused import load_base
+    from ospo_mlx.safety import load_adapters_checked
 
     n = args.num_samples
     raw = [raw_text(t, catalog) for t in tasks for _ in range(n)]
@@ -212,7 +211,8 @@ def run_systems(
     prompts = [encode_prompt(tokenizer, t, catalog, prompt_config) for t in tasks]
     texts, lengths = generate(model, tokenizer, prompts, args)
     systems.append(_system_from_responses("base", texts, lengths, prompt_config))
-    model = load_adapters(model, str(source.adapter_dir))
+    # Shapes are checked against this base before loading: adapters for another base are refused.
+    model = load_adapters_checked(model, source.adapter_dir)
     model.eval()
     texts, lengths = generate(model, tokenizer, prompts, args)
     systems.append(_system_from_responses("adapters", texts, lengths, prompt_config))

@@ -105,6 +105,7 @@ def load_model(
     dtype: str | None = None,
     dequantize: bool | None = None,
     lazy: bool = False,
+    trust_remote_code: bool = False,
 ):
     """Load `(model, tokenizer)` with mlx-lm; the tokenizer is mlx-lm's TokenizerWrapper.
 
@@ -118,12 +119,18 @@ def load_model(
             MLX's quantized matmul is ~30x slower than float32 BLAS (measured: SmolLM2
             prefill of 100 tokens 18 s quantized vs 1.1 s float32).
         lazy: leave parameters unevaluated (mlx-lm `lazy`).
+        trust_remote_code: let the model and tokenizer run code shipped with them (off unless
+            the user asks: `model.trust_remote_code: true`).
     """
     from mlx_lm.utils import dequantize_model, load
 
     resolved = resolve_model(name_or_path)
     try:
-        model, tokenizer = load(str(resolved), tokenizer_config=tokenizer_config, lazy=True)
+        tokenizer_config = {**(tokenizer_config or {}), "trust_remote_code": trust_remote_code}
+        model, tokenizer = load(
+            str(resolved), tokenizer_config=tokenizer_config, lazy=True,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
     except OspoError:
         raise
     except FileNotFoundError as exc:

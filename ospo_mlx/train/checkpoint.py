@@ -21,6 +21,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ospo_mlx.errors import OspoError
+from ospo_mlx.safety import check_weight_shapes, inside, load_tensors
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -132,7 +133,10 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         raise OspoError(
             f"{run_dir}: no checkpoint to resume from (checkpoints/latest is missing); start without --resume"
         )
-    path = run_dir / "checkpoints" / latest.read_text(encoding="utf-8").strip()
+    # `latest` is data: it may only name a directory inside checkpoints/.
+    path = inside(
+        run_dir / "checkpoints", latest.read_text(encoding="utf-8").strip(), "checkpoints/latest"
+    )
     missing = [
         n
         for n in (ADAPTER_FILE, ADAPTER_CONFIG, OPTIMIZER_FILE, STATE_FILE)
@@ -149,8 +153,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     return Checkpoint(
         path=path,
         state=state,
-        adapters=mx.load(str(path / ADAPTER_FILE)),
-        optimizer=mx.load(str(path / OPTIMIZER_FILE)),
+        adapters=load_tensors(path / ADAPTER_FILE, "checkpoint adapters"),
+        optimizer=load_tensors(path / OPTIMIZER_FILE, "optimizer state"),
     )
 
 
@@ -159,12 +163,12 @@ def restore(model: nn.Module, optimizer: optim.Optimizer, checkpoint: Checkpoint
 
     Call before building the compiled update: it captures the optimizer's state dict object.
     """
-    expected = {k for k, _ in tree_flatten(model.trainable_parameters())}
-    if set(checkpoint.adapters) != expected:
-        raise OspoError(
-            f"{checkpoint.path}: its adapters do not match the configured LoRA layers; "
-            "resume with the run's own config.yaml"
-        )
+    # Names and shapes before load_weights (which would accept other shapes with strict=False).
+    check_weight_shapes(
+        dict(tree_flatten(model.trainable_parameters())), checkpoint.adapters,
+        checkpoint.path / ADAPTER_FILE,
+        hint="it was trained with another base model or LoRA setting; resume with the run's own config.yaml",
+    )  # fmt: skip
     model.load_weights(list(checkpoint.adapters.items()), strict=False)
     arrays = dict(checkpoint.optimizer)
     key = arrays.pop(RANDOM_KEY, None)

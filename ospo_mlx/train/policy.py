@@ -22,6 +22,7 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 from ospo_mlx.config import LoraConfig, OptimConfig
 from ospo_mlx.errors import ConfigError
 from ospo_mlx.train.batching import Batch, micro_batches
+from ospo_mlx.train.distributed import SINGLE, World, average_gradients, global_count
 from ospo_mlx.train.loss import policy_loss, token_log_probs
 
 
@@ -182,7 +183,8 @@ class PolicyUpdate:
 
     The model, optimizer and random state are the compiled function's inputs and outputs (the
     mlx-lm tuner pattern), so the adapters update in place without leaving the graph. Gradients
-    of `gradient_accumulation_steps` micro-batches are summed, averaged, norm-clipped, applied.
+    of `gradient_accumulation_steps` micro-batches are summed, averaged (also over data-parallel
+    ranks, see train/distributed.py), norm-clipped, applied.
     """
 
     def __init__(
@@ -194,8 +196,9 @@ class PolicyUpdate:
         temperature: float,
         max_completion_length: int,
         compile: bool = True,
+        world: World = SINGLE,
     ) -> None:
-        self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.model, self.optimizer, self.cfg, self.world = model, optimizer, cfg, world
         self.accum = cfg.gradient_accumulation_steps
 
         def loss_fn(model, tokens, prompt_lens, mask, adv, old, ref, norm):
@@ -222,6 +225,9 @@ class PolicyUpdate:
                 grad = tree_map(lambda a, b: a + b, grad, prev_grad)
             grad_norm = mx.array(0.0)
             if do_update:
+                # Data parallel: average over ranks before clipping, inside the compiled step,
+                # so every rank clips and applies the same global gradient.
+                grad = average_gradients(grad, world)
                 if self.accum > 1:
                     grad = tree_map(lambda g: g / self.accum, grad)
                 if cfg.max_grad_norm is not None:
@@ -242,7 +248,9 @@ class PolicyUpdate:
         self.model.train()
         # dapo: every micro-batch divides by the token count of the whole batch (times the
         # accumulation steps, since the summed gradients are averaged over micro-batches).
-        norm = mx.array(batch.mask.sum() / self.accum)
+        # Data parallel: the token count is summed over ranks (and divided by the world size,
+        # since gradients are averaged), so the update is the combined batch's.
+        norm = global_count(batch.mask.sum(), self.world) / (self.world.size * self.accum)
         grad, sums, logps = None, {}, []
         parts = micro_batches(batch, self.accum)
         for i, mb in enumerate(parts):

@@ -1,13 +1,15 @@
 """The run directory's logs: config.yaml, metrics.jsonl and rollouts.jsonl (docs/run_format.md).
 
-JSONL lines are appended whole (one `write` of `json + "\\n"`, then flush), so readers never see
-half a line; non-finite floats are written as null (JSON has no NaN).
+JSONL lines are appended whole (one `write` per step of complete `json + "\\n"` lines, then
+flush and fsync), so readers see half a line only after a hard kill, and `--resume` removes
+it; non-finite floats are written as null (JSON has no NaN).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -73,16 +75,18 @@ class RunLog:
         self._metrics: TextIO = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
         self._rollouts: TextIO = (self.run_dir / ROLLOUTS_FILE).open("a", encoding="utf-8")
 
-    def _append(self, fh: TextIO, obj: dict[str, Any]) -> None:
-        fh.write(json_line(obj))
+    def _append(self, fh: TextIO, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        fh.write("".join(json_line(r) for r in rows))  # one write: whole lines or a torn tail
         fh.flush()
+        os.fsync(fh.fileno())  # on disk before the step's checkpoint names it
 
     def metrics(self, row: dict[str, Any]) -> None:
-        self._append(self._metrics, row)
+        self._append(self._metrics, [row])
 
     def rollouts(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self._append(self._rollouts, row)
+        self._append(self._rollouts, rows)
 
     def close(self) -> None:
         self._metrics.close()

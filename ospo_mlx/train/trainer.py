@@ -18,13 +18,23 @@ import mlx.core as mx
 import numpy as np
 
 from ospo_mlx.attribution import credit
-from ospo_mlx.attribution.reference import contiguous_coalitions, owen_contiguous
-from ospo_mlx.attribution.segment import SegmenterConfig, segment
+from ospo_mlx.attribution.segment import SegmenterConfig
 from ospo_mlx.config import TrainConfig, dump_config
 from ospo_mlx.data.schema import Task, load_catalog, load_tasks
 from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.train import checkpoint as ckpt
+from ospo_mlx.train import distributed as dist
+from ospo_mlx.train.attribute import Attribution, attribute
 from ospo_mlx.train.batching import pack_batch
+from ospo_mlx.train.bookkeeping import (
+    fallback_weights,
+    fits_context,
+    model_context,
+    sanitize_rewards,
+    token_advantages,
+    zero_std_groups,
+)
+from ospo_mlx.train.interrupt import GracefulStop, TrainingInterrupted, interrupted_message
 from ospo_mlx.train.policy import (
     PolicyUpdate,
     adapter_config,
@@ -36,17 +46,15 @@ from ospo_mlx.train.policy import (
 )
 from ospo_mlx.train.runlog import RunLog
 
-
-@dataclass
-class Attribution:
-    """Per-completion credit: segments, evaluated coalitions and their values, Owen values, weights."""
-
-    segments: list[list[tuple[int, int]]]
-    coalitions: list[np.ndarray]
-    values: list[np.ndarray]
-    owen: list[np.ndarray]
-    weights: list[np.ndarray]
-    evaluated: int = 0
+# Metrics that are already identical on every rank (computed from gathered or averaged values).
+GLOBAL_METRICS = (
+    "step",
+    "reward",
+    "reward_std",
+    "frac_reward_zero_std",
+    "grad_norm",
+    "learning_rate",
+)
 
 
 @dataclass
@@ -55,40 +63,6 @@ class StepRecord:
 
     metrics: dict[str, float]
     rollouts: list[dict[str, Any]] = field(default_factory=list)
-
-
-def zero_std_groups(rewards: np.ndarray, group_size: int) -> np.ndarray:
-    """(num_groups,) bool: groups whose rewards are all equal (they carry no learning signal)."""
-    grouped = rewards.reshape(-1, group_size)
-    return np.ptp(grouped, axis=1) <= 1e-12
-
-
-def sanitize_rewards(rewards: np.ndarray) -> tuple[np.ndarray, int]:
-    """Replace NaN/inf rewards by 0; returns (rewards, how many were replaced)."""
-    rewards = np.asarray(rewards, dtype=np.float64)
-    bad = ~np.isfinite(rewards)
-    return np.where(bad, 0.0, rewards), int(bad.sum())
-
-
-def token_advantages(
-    algorithm: str,
-    seq_adv: np.ndarray,
-    weights: list[np.ndarray],
-    lengths: list[int],
-    rewards: np.ndarray,
-    cfg: Any,
-) -> np.ndarray:
-    """(B, T) token advantages: GRPO's broadcast or OSPO's attribution-weighted split."""
-    width = max(max(lengths, default=1), 1)
-    mask = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
-    if algorithm == "grpo":
-        return np.where(mask, seq_adv[:, None], 0.0)
-    w = np.zeros(mask.shape)
-    for i, row in enumerate(weights):
-        w[i, : len(row)] = row[:width]
-    return credit.ospo_token_advantages(
-        seq_adv, w, mask, mode=cfg.advantage_mode, rewards=rewards, alpha=cfg.alpha, clip=cfg.clip
-    )
 
 
 def should_dequantize(setting: bool | None) -> bool:
@@ -105,6 +79,7 @@ class Trainer:
         *,
         resume: bool = False,
         on_step: Callable[[int, dict[str, float]], None] | None = None,
+        world: dist.World | None = None,
     ) -> None:
         from ospo_mlx.data.prompts import encode_prompt
         from ospo_mlx.models.load import load_model
@@ -113,6 +88,14 @@ class Trainer:
         self.config, self.on_step = config, on_step
         self.run_dir = config.run_dir()
         c = config
+        # Data parallel under mlx.launch (one rank per process), else a single process.
+        self.world = world if world is not None else dist.init_world()
+        dist.check_divisible(c.optim.batch_size, self.world)
+        if not resume and (self.run_dir / "checkpoints" / "latest").exists():
+            raise OspoError(
+                f"{self.run_dir} already holds a trained run; continue it with --resume, "
+                "or choose another --out/--name"
+            )
         for key in ("catalog", "train"):
             path = Path(getattr(c.data, key))
             if not path.is_file():
@@ -122,7 +105,11 @@ class Trainer:
                 )
         self.catalog = load_catalog(c.data.catalog)
         self.tasks: list[Task] = load_tasks(c.data.train, self.catalog)[: c.data.max_tasks]
-        self.model, self.tokenizer = load_model(c.model.name)
+        # Cheap checks first: a bad resume or prompt fails before the reward model loads.
+        checkpoint = ckpt.load_checkpoint(self.run_dir) if resume else None
+        self.model, self.tokenizer = load_model(
+            c.model.name, trust_remote_code=c.model.trust_remote_code
+        )
         if should_dequantize(c.model.dequantize):
             from mlx_lm.utils import dequantize_model
 
@@ -131,34 +118,62 @@ class Trainer:
         self.num_trainable = apply_lora(self.model, c.lora, seed=c.run.seed)
         if c.optim.grad_checkpoint:
             enable_grad_checkpoint(self.model)
+        self.prompts = [
+            encode_prompt(self.tokenizer, t, self.catalog, c.prompt) for t in self.tasks
+        ]
+        self.skipped_long = self._drop_long_prompts(model_context(self.model))
         from ospo_mlx.models.load import cache_dir
 
         self.reward = build_reward(
             self.catalog, c.reward.reward_config(), encoder_dir=c.reward.encoder, index_dir=c.reward.index,
             cache_dir=cache_dir().parent / "embeddings" if c.reward.cache_embeddings else None,
         )  # fmt: skip
-        self.prompts = [
-            encode_prompt(self.tokenizer, t, self.catalog, c.prompt) for t in self.tasks
-        ]
         self.optimizer = build_optimizer(c.optim, c.optim.steps * c.optim.num_iterations)
         self.segmenter = SegmenterConfig(
             method=c.attribution.segmenter,
             answer_tags=c.prompt.answer_tags,
             max_segments=c.attribution.max_segments,
         ).validate()
-        self.np_rng = np.random.default_rng(c.run.seed)
         self.step, self.epoch, self.position = 0, 0, 0
-        if resume:
-            checkpoint = ckpt.load_checkpoint(self.run_dir)
+        if checkpoint is not None:
             ckpt.restore(self.model, self.optimizer, checkpoint)
             self.step = checkpoint.step
             self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
-            self.np_rng.bit_generator.state = checkpoint.state["numpy_rng"]
+            dist.agree(self.step, self.world, "the checkpoint step to resume from")
         self.update = PolicyUpdate(
             self.model, self.optimizer, c.optim,
             temperature=c.sampling.temperature, max_completion_length=c.sampling.max_new_tokens,
+            world=self.world,
         )  # fmt: skip
-        self.log = RunLog(self.run_dir, dump_config(c), resume_step=self.step if resume else None)
+        # Only rank 0 writes the run directory.
+        self.log = (
+            RunLog(self.run_dir, dump_config(c), resume_step=self.step if resume else None)
+            if self.world.is_main
+            else None
+        )
+
+    def _drop_long_prompts(self, context: int | None) -> int:
+        """Skip tasks whose prompt leaves no room for the completion; returns how many."""
+        keep = fits_context(self.prompts, self.config.sampling.max_new_tokens, context)
+        skipped = len(self.prompts) - len(keep)
+        if not keep:
+            longest = max(len(p) for p in self.prompts)
+            raise OspoError(
+                f"every prompt is longer than the model's context ({context} tokens) minus "
+                f"sampling.max_new_tokens (longest prompt: {longest} tokens); lower "
+                "sampling.max_new_tokens or prompt.max_history_items, or use a longer-context model"
+            )
+        if skipped:
+            self.tasks = [self.tasks[i] for i in keep]
+            self.prompts = [self.prompts[i] for i in keep]
+            if self.world.is_main:
+                import sys
+
+                sys.stderr.write(
+                    f"warning: skipped {skipped} task(s) whose prompt + {self.config.sampling.max_new_tokens} "
+                    f"new tokens exceed the model's context of {context} tokens (skipped/prompt_too_long)\n"
+                )
+        return skipped
 
     # ------------------------------------------------------------------ data
 
@@ -187,42 +202,13 @@ class Trainer:
     def attribute(
         self, texts: list[str], offsets: list[Any], tasks: list[Task], active: np.ndarray
     ) -> Attribution:
-        """Segments, coalitions, values, Owen values and token weights for each completion.
-
-        Completions with `active` False (zero advantage: nothing to redistribute) keep their
-        segments but evaluate no coalitions; their weights are uniform.
-        """
-        a = self.config.attribution
-        spans = [segment(t, config=self.segmenter) for t in texts]
-        masks = []
-        for i, s in enumerate(spans):
-            if active[i] and s:
-                masks.append(
-                    contiguous_coalitions(len(s), a.max_width, a.max_coalitions, self.np_rng)
-                )
-            else:
-                masks.append(np.zeros((0, len(s)), dtype=bool))
-        todo = [i for i, m in enumerate(masks) if len(m)]
-        values: list[np.ndarray] = [np.zeros(0) for _ in texts]
-        if todo:
-            got = self.reward.coalition_values(
-                [texts[i] for i in todo],
-                [spans[i] for i in todo],
-                [masks[i] for i in todo],
-                [tasks[i] for i in todo],
-            )
-            for i, v in zip(todo, got, strict=True):
-                values[i] = np.asarray(v, dtype=np.float64)
-        owen, weights = [], []
-        for i, s in enumerate(spans):
-            phi = owen_contiguous(masks[i], values[i]) if len(masks[i]) else np.ones(len(s))
-            owen.append(np.asarray(phi, dtype=np.float64))
-            weights.append(
-                credit.token_weights(s, np.asarray(offsets[i]).reshape(-1, 2), phi, a.floor)
-            )
-        return Attribution(
-            spans, masks, values, owen, weights, evaluated=sum(len(masks[i]) for i in todo)
-        )
+        """Credit for this rank's completions (see train/attribute.py)."""
+        # A generator per (seed, rank, step): coalition draws need no saved state to resume.
+        rng = np.random.default_rng([self.config.run.seed, self.world.rank, self.step + 1])
+        return attribute(
+            texts, offsets, tasks, active, segmenter=self.segmenter, reward=self.reward,
+            config=self.config.attribution, rng=rng,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ one step
 
@@ -233,7 +219,7 @@ class Trainer:
         step = self.step + 1
         mx.reset_peak_memory()
         t_start = time.perf_counter()
-        indices = self.next_task_indices()
+        indices = dist.shard(self.next_task_indices(), self.world)  # this rank's prompts
         tasks = [self.tasks[i] for i in indices for _ in range(g)]
         prompts = [self.prompts[i] for i in indices]
 
@@ -243,8 +229,9 @@ class Trainer:
         )
         self.model.eval()  # no LoRA dropout while sampling
         rollouts = sample_groups(
-            self.model, self.tokenizer, prompts, sampling, seed=c.run.seed * 1_000_003 + step
-        )
+            self.model, self.tokenizer, prompts, sampling,
+            seed=c.run.seed * 1_000_003 + step + 104_729 * self.world.rank,
+        )  # fmt: skip
         texts, ids = list(rollouts.texts), [list(map(int, t)) for t in rollouts.completion_tokens]
         offsets, finished = rollouts.token_offsets, list(rollouts.finished)
         t_sample = time.perf_counter()
@@ -257,16 +244,24 @@ class Trainer:
             ndcg = np.asarray(
                 self.reward.metrics(texts, tasks).get("ndcg@10", raw), dtype=np.float64
             )
-        seq_adv = credit.grpo_advantages(rewards, g, c.optim.scale_rewards)
-        flat = zero_std_groups(rewards, g)
-        seq_adv[np.repeat(flat, g)] = 0.0  # equal rewards: exactly zero, whatever the scaling
+        # Advantages over the combined batch of all ranks (batch scaling needs its std).
+        all_rewards = dist.gather(rewards, self.world)
+        all_adv = credit.grpo_advantages(all_rewards, g, c.optim.scale_rewards)
+        all_flat = zero_std_groups(all_rewards, g)
+        all_adv[np.repeat(all_flat, g)] = 0.0  # equal rewards: exactly zero, whatever the scaling
+        mine = slice(self.world.rank * len(rewards), (self.world.rank + 1) * len(rewards))
+        seq_adv = all_adv[mine]
         t_reward = time.perf_counter()
 
         attribute = c.algorithm == "ospo" or c.run.log_attributions
         active = (seq_adv != 0.0) if c.algorithm == "ospo" else np.ones(len(texts), dtype=bool)
         attr = self.attribute(texts, offsets, tasks, active) if attribute else None
         lengths = [len(t) for t in ids]
-        weights = attr.weights if attr else [np.ones(n) for n in lengths]
+        weights, no_segments = (
+            fallback_weights(attr.segments, attr.weights)
+            if attr
+            else ([np.ones(n) for n in lengths], 0)
+        )
         token_adv = token_advantages(c.algorithm, seq_adv, weights, lengths, rewards, c.attribution)
         t_attr = time.perf_counter()
 
@@ -301,9 +296,9 @@ class Trainer:
         answers = self.config.prompt.answer_tags[0]
         metrics = {
             "step": step,
-            "reward": float(rewards.mean()),
-            "reward_std": float(rewards.std()),
-            "frac_reward_zero_std": float(flat.mean()),
+            "reward": float(all_rewards.mean()),
+            "reward_std": float(all_rewards.std()),
+            "frac_reward_zero_std": float(all_flat.mean()),
             **update,
             "completions/mean_length": float(np.mean(lengths)),
             "completions/min_length": float(np.min(lengths)),
@@ -314,6 +309,8 @@ class Trainer:
             "ospo/segments_mean": float(np.mean([len(s) for s in attr.segments])) if attr else 0.0,
             "ospo/coalitions": float(attr.evaluated) if attr else 0.0,
             "ospo/no_answer_tags": float(sum(answers not in t for t in texts)),
+            "ospo/no_segments": float(no_segments),
+            "skipped/prompt_too_long": float(self.skipped_long),
             "reward/nonfinite": float(nonfinite),
             "time/sample": t_sample - t_start,
             "time/reward": t_reward - t_sample,
@@ -323,12 +320,13 @@ class Trainer:
             "tokens_per_second": gen_tokens / max(t_end - t_start, 1e-9),
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
         }
+        metrics = dist.reduce_metrics(metrics, self.world, keep=GLOBAL_METRICS)
         rows = []
         if c.run.log_rollouts:
             for i, text in enumerate(texts):
                 task = tasks[i]
                 rows.append({
-                    "step": step, "group": i // g, "member": i % g, "task_id": task.id,
+                    "step": step, "group": self.world.rank * len(prompts) + i // g, "member": i % g, "task_id": task.id,
                     "prompt": task.query if task.query is not None else self.prompt_text(task),
                     "completion": text, "token_ids": ids[i],
                     "token_offsets": [list(map(int, o)) for o in offsets[i]],
@@ -345,45 +343,65 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
 
-    def save(self) -> Path:
-        state = {
-            "epoch": self.epoch,
-            "position": self.position,
-            "numpy_rng": self.np_rng.bit_generator.state,
-        }
+    def _save(self) -> Path:
+        state = {"epoch": self.epoch, "position": self.position, "world_size": self.world.size}
         return ckpt.save_checkpoint(
             self.run_dir, self.step, adapter_weights(self.model), adapter_config(self.model, self.config.lora),
             self.optimizer, state,
         )  # fmt: skip
 
     def run(self, max_steps: int | None = None) -> list[dict[str, float]]:
-        """Train until `optim.steps` (or `max_steps` more steps); checkpoint on schedule and at the end."""
+        """Train until `optim.steps` (or `max_steps` more steps); checkpoint on schedule and at the end.
+
+        SIGINT/SIGTERM finish the current step, write a checkpoint and raise TrainingInterrupted
+        (a second Ctrl-C exits at once); every rank stops at the same step.
+        """
         total = self.config.optim.steps
         stop = total if max_steps is None else min(total, self.step + max_steps)
         history = []
         try:
-            while self.step < stop:
-                record = self.train_step()
-                self.log.metrics(record.metrics)
-                self.log.rollouts(record.rollouts)
-                history.append(record.metrics)
-                if self.step % self.config.run.save_every == 0 or self.step == stop:
-                    self.save()
-                if self.on_step is not None:
-                    self.on_step(self.step, record.metrics)
-                if not math.isfinite(record.metrics["loss"]):
-                    raise OspoError(
-                        f"step {self.step}: the loss is not finite; lower optim.learning_rate or set optim.max_grad_norm"
-                    )
+            with GracefulStop() as signals:
+                while self.step < stop:
+                    record = self.train_step()
+                    record.rollouts = dist.gather_rows(record.rollouts, self.world)
+                    saved = None
+                    if self.log is not None:
+                        self.log.metrics(record.metrics)
+                        self.log.rollouts(record.rollouts)
+                    if self.step % self.config.run.save_every == 0 or self.step == stop:
+                        saved = self.save()
+                    history.append(record.metrics)
+                    if self.on_step is not None:
+                        self.on_step(self.step, record.metrics)
+                    if not math.isfinite(record.metrics["loss"]):
+                        raise OspoError(
+                            f"step {self.step}: the loss is not finite; lower optim.learning_rate or set optim.max_grad_norm"
+                        )
+                    if dist.any_rank(signals.requested, self.world) and self.step < stop:
+                        saved = saved or self.save()
+                        raise TrainingInterrupted(
+                            interrupted_message(self.step, saved, self.run_dir),
+                            signals.exit_code or 130,
+                        )
         finally:
-            self.log.close()
+            if self.log is not None:
+                self.log.close()
         return history
+
+    def save(self) -> Path | None:
+        """Checkpoint now (rank 0 only; other ranks hold the same adapters)."""
+        if not self.world.is_main:
+            return None
+        return self._save()
 
 
 def train(
     config: TrainConfig, *, resume: bool = False, live: bool | None = None
 ) -> list[dict[str, float]]:
-    """Run `ospo train` from a resolved config with the live progress view; returns the metrics rows."""
+    """Run `ospo train` from a resolved config with the live progress view; returns the metrics rows.
+
+    Under mlx.launch only rank 0 shows progress (and writes the run directory).
+    """
     from ospo_mlx.ui.progress import TrainProgress
 
     trainer = Trainer(config, resume=resume)
@@ -391,7 +409,11 @@ def train(
         raise OspoError(
             f"{trainer.run_dir}: already trained {trainer.step} steps; raise --steps to continue"
         )
+    if not trainer.world.is_main:
+        return trainer.run()
     title = f"ospo train {config.algorithm} · {trainer.run_dir}"
+    if trainer.world.distributed:
+        title += f" · {trainer.world.size} ranks"
     with TrainProgress(config.optim.steps, trainer.step, title=title, live=live) as progress:
         trainer.on_step = progress.update
         return trainer.run()
