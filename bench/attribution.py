@@ -9,9 +9,6 @@ ratio; `--json` prints one JSON line instead.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,6 +20,7 @@ import ospo_mlx  # noqa: F401  (optimized BLAS before mlx)
 import mlx.core as mx
 import numpy as np
 
+from bench.common import bench_parser, emit, median_ms
 from ospo_mlx.attribution import credit, mlx_ops, reference
 # isort: on
 
@@ -69,20 +67,8 @@ def mlx_path(packed, rewards, group, mode):
     return out
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (MLX graph build, caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON line")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser = bench_parser(__doc__, quick_help="fewer repeats")
     parser.add_argument("--mode", default="prop", choices=credit.MODES)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--coalitions", type=int, default=64)
@@ -125,16 +111,18 @@ def main() -> None:
         "mode": args.mode,
         "device": str(mx.default_device()),
     }
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(
-        f"attribution batch={args.batch} coalitions={args.coalitions} mode={args.mode} "
-        f"device={result['device']}"
+    emit(
+        "attribution",
+        result,
+        args.json,
+        [
+            f"attribution batch={args.batch} coalitions={args.coalitions} mode={args.mode} "
+            f"device={result['device']}",
+            f"  numpy reference : {numpy_ms:8.2f} ms (median of {repeats})",
+            f"  mlx twin        : {mlx_ms:8.2f} ms (packing once: {pack_ms:.2f} ms)",
+            f"  speedup         : {result['speedup']:.2f}x   max |diff| = {diff:.2e}",
+        ],
     )
-    print(f"  numpy reference : {numpy_ms:8.2f} ms (median of {repeats})")
-    print(f"  mlx twin        : {mlx_ms:8.2f} ms (packing once: {pack_ms:.2f} ms)")
-    print(f"  speedup         : {result['speedup']:.2f}x   max |diff| = {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""Every bench script runs its --quick version and prints exactly one valid JSON line.
+
+Scripts that accept --model run on the tiny random model. The ones that take longer than
+~30 s on the shared 2-core CPU are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (script, extra arguments, slow?, keys the JSON line must carry)
+SCRIPTS = [
+    ("attribution", [], False, ["numpy_ms", "mlx_ms", "speedup", "max_abs_diff"]),
+    ("coalitions", [], True, ["speedup", "max_abs_diff", "vectorized_ms", "sequential_ms"]),
+    ("sampling", [], False, ["ospo_tokens_per_s", "mlx_lm_tokens_per_s", "ratio"]),
+    ("update", [], False, []),
+    ("step_overhead", [], False, ["ospo_grpo_ratio"]),
+    (
+        "learning",
+        ["--steps", "2", "--sft-steps", "2", "--test-tasks", "4", "--budgets", "1,2"],
+        True,
+        ["algorithms", "runs", "sft", "target"],
+    ),
+]
+
+
+def _accepts(script: Path, flag: str) -> bool:
+    out = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    return flag in out.stdout
+
+
+def _params():
+    for name, extra, slow, keys in SCRIPTS:
+        marks = [pytest.mark.slow] if slow else []
+        yield pytest.param(name, extra, keys, marks=marks, id=name)
+
+
+@pytest.mark.parametrize("name, extra, keys", list(_params()))
+def test_bench_quick_prints_one_json_line(name, extra, keys, tmp_path):
+    script = REPO / "bench" / f"{name}.py"
+    if not script.is_file():
+        pytest.skip(f"bench/{name}.py is not written yet")
+    args = [sys.executable, str(script), "--quick", "--json", *extra]
+    if _accepts(script, "--model"):
+        args += ["--model", "tiny"]
+    if _accepts(script, "--out"):
+        args += ["--out", str(tmp_path / "out")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout[-2000:]
+    record = json.loads(lines[0])
+    assert isinstance(record, dict)
+    for key in keys:
+        assert key in record, f"{name}: missing {key!r} in {sorted(record)}"
+
+
+def test_learning_summary_math():
+    sys.path.insert(0, str(REPO))
+    from bench.learning import default_budgets, steps_to_target, summarize, trailing_mean
+
+    rewards = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert trailing_mean(rewards, 1, 3) == pytest.approx(0.1)
+    assert trailing_mean(rewards, 5, 3) == pytest.approx(0.4)
+    assert steps_to_target(rewards, 0.3, 3) == 4  # mean(0.2, 0.3, 0.4)
+    assert steps_to_target(rewards, 0.15, 3) == 3  # never before a full window
+    assert steps_to_target(rewards, 0.9, 3) is None
+    assert default_budgets(40) == [10, 20, 40] and default_budgets(2) == [1, 2]
+    runs = [
+        {"algorithm": "grpo", "seed": s, "rewards": rewards, "step_time_s": 1.0 + s, "test": None}
+        for s in range(2)
+    ] + [
+        {
+            "algorithm": "ospo",
+            "seed": 0,
+            "rewards": [0.5] * 5,
+            "step_time_s": 2.0,
+            "test": {"reward": 0.7, "format_rate": 1.0},
+        }
+    ]
+    out = summarize(runs, [2, 5], 2, target=0.45)
+    assert out["grpo"]["reward@5"]["mean"] == pytest.approx(0.45)
+    assert out["grpo"]["step_time_s"] == {"mean": 1.5, "std": 0.5, "min": 1.0, "max": 2.0, "n": 2}
+    assert out["grpo"]["reached_target"] == "2/2" and out["grpo"]["steps_to_target"]["mean"] == 5
+    assert out["grpo"]["test_reward"]["n"] == 0
+    assert out["ospo"]["steps_to_target"]["mean"] == 2
+    assert out["ospo"]["test_reward"]["mean"] == pytest.approx(0.7)
