@@ -161,7 +161,8 @@ def build_optimizer(cfg: OptimConfig, total_updates: int) -> optim.Optimizer:
             cfg.learning_rate / cfg.warmup_steps, cfg.learning_rate, cfg.warmup_steps
         )
         schedule = optim.join_schedules([warmup, schedule], [cfg.warmup_steps])
-    return optim.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+    # Bias correction on, as in PyTorch/TRL: without it the first steps move LoRA weights ~3x lr.
+    return optim.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay, bias_correction=True)
 
 
 def enable_grad_checkpoint(model: nn.Module) -> None:
