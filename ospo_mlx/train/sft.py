@@ -192,7 +192,7 @@ def train_sft(
     if not tree_flatten(model.trainable_parameters()):
         raise OspoError("the model has no trainable parameters; add LoRA layers before the warm-up")
     schedule = optim.cosine_decay(cfg.learning_rate, cfg.steps, cfg.learning_rate * 0.1)
-    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.0)
+    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.0, bias_correction=True)
     value_and_grad = nn.value_and_grad(model, sft_loss)
     state = [model.state, optimizer.state]
 
