@@ -21,9 +21,13 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev,interop]"
 	$(BIN)/pip install -q --no-deps $(ASSETS)
 
+# Each demo run gets its own directory, so running it twice never clobbers a finished run.
 demo: install
 	$(BIN)/ospo doctor
-	$(BIN)/ospo train --config configs/demo.yaml
+	@run=runs/demo-$$(date +%Y%m%d-%H%M%S); \
+	$(BIN)/ospo train --config configs/demo.yaml --out $$run && \
+	$(BIN)/ospo inspect $$run --static && \
+	echo "Browse the run interactively with: $(BIN)/ospo inspect $$run"
 
 test: install-dev
 	$(BIN)/ruff check ospo_mlx cli tests bench

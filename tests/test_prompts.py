@@ -152,7 +152,8 @@ def test_missing_chat_template_error_and_fallback(tmp_path, catalog):
     ("text", "policy", "expected"),
     [
         ("think <answer> trail shoes </answer> bye", "whole", "trail shoes"),
-        ("<answer>a</answer> then <answer>b</answer>", "zero", "b"),
+        ("<answer>a</answer> then <answer>b</answer>", "zero", "a"),
+        ("<think><answer>draft</answer></think><answer>final</answer>", "zero", "final"),
         ("truncated <answer>waterproof trail", "zero", "waterproof trail"),
         ("no tags here", "whole", "no tags here"),
         ("no tags here", "zero", ""),

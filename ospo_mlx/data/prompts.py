@@ -196,20 +196,17 @@ def prompt_preview(
 def extract_answer(completion: str, config: PromptConfig | None = None) -> tuple[int, int] | None:
     """Character span (start, end) of the answer inside a completion, or None for no answer.
 
-    The answer is the text between the last opening tag and the next closing tag (or the end
-    of the text when the closing tag is missing, as with truncated generations). Without an
-    opening tag the span is the whole text under missing_tags='whole', None under 'zero'.
+    The same region the reward scores and the segmenter attributes (`attribution.answer_span`:
+    the first answer outside reasoning blocks, running to the end when the closing tag is
+    missing). Without tags the span is the whole text under missing_tags='whole', else None.
     """
+    from ospo_mlx.attribution.segment import answer_span
+
     config = config or PromptConfig()
-    open_tag, close_tag = config.answer_tags
-    start = completion.rfind(open_tag)
-    if start < 0:
-        if config.missing_tags == "whole":
-            return (0, len(completion))
-        return None
-    start += len(open_tag)
-    end = completion.find(close_tag, start)
-    return (start, len(completion) if end < 0 else end)
+    span = answer_span(completion, tuple(config.answer_tags))
+    if span is None and config.missing_tags == "whole":
+        return (0, len(completion))
+    return span
 
 
 def answer_text(completion: str, config: PromptConfig | None = None) -> str:
