@@ -305,10 +305,11 @@ def comparison(
 
 def group_table(records: Sequence[RolloutRecord], selected: int | None = None) -> Table:
     """The G completions of one prompt: reward, sequence advantage, length and a preview."""
-    table = Table(title="completions", title_justify="left", header_style="bold")
+    # expand=True: otherwise rich squeezes the short columns to nothing to fit a long preview.
+    table = Table(title="completions", title_justify="left", header_style="bold", expand=True)
     for name, width in (("m", 2), ("reward", 6), ("adv", 6), ("len", 3)):
         table.add_column(name, justify="right", no_wrap=True, min_width=width)
-    table.add_column("completion", no_wrap=True, overflow="ellipsis")
+    table.add_column("completion", no_wrap=True, overflow="ellipsis", ratio=1)
     for rec in records:
         style = "reverse" if rec.member == selected else None
         table.add_row(

@@ -285,7 +285,9 @@ class RunReader:
     @property
     def model(self) -> str:
         model = _find_key(self.config, "model")
-        if isinstance(model, dict):  # a nested `model: {path: ...}` section
+        if isinstance(model, dict):  # a nested `model: {name: ...}` section
+            if "name" in model and model["name"] is None:
+                return "smollm2-135m-instruct"  # null = the embedded default model
             model = model.get("path") or model.get("name")
         return str(model or "?")
 
