@@ -83,7 +83,9 @@ def product_from_dict(row: dict[str, Any], where: str = "catalog row") -> Produc
     title = _require(row, "title", str, where)
     known = {f for f in Product.__dataclass_fields__}
     extra = {k: v for k, v in row.items() if k not in known}
-    attributes = dict(row.get("attributes") or {})
+    attributes = row.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise DataError(f"{where}: column 'attributes' should be an object of name -> value")
     if extra:
         raise DataError(f"{where}: unknown column(s) {sorted(extra)}; allowed: {sorted(known)}")
     return Product(
