@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -201,22 +201,44 @@ def run_systems(
     """Raw texts, then base-model responses, then the same model with the adapters loaded."""
     from ospo_mlx.data.prompts import PromptConfig, encode_prompt
     from ospo_mlx.export.fused import load_base
+    from ospo_mlx.reward.retrieval import query_prefixed
     from ospo_mlx.safety import load_adapters_checked
 
     n = args.num_samples
-    raw = [raw_text(t, catalog) for t in tasks for _ in range(n)]
+    repeated = [t for t in tasks for _ in range(n)]
+    raw = [raw_text(t, catalog) for t in repeated]
     systems = [SystemOutput("raw", raw, raw)]
-    prompt_config = PromptConfig()
+    # The run's own prompt and retrieval-text settings, so eval scores what training rewarded.
+    prompt_config = PromptConfig(**_section(source.train_config, "prompt", PromptConfig))
+    prepend = _section(source.train_config, "reward", None).get("prepend_query")
     model, tokenizer, _, _ = load_base(source.base_model)
     prompts = [encode_prompt(tokenizer, t, catalog, prompt_config) for t in tasks]
-    texts, lengths = generate(model, tokenizer, prompts, args)
-    systems.append(_system_from_responses("base", texts, lengths, prompt_config))
-    # Shapes are checked against this base before loading: adapters for another base are refused.
-    model = load_adapters_checked(model, source.adapter_dir)
-    model.eval()
-    texts, lengths = generate(model, tokenizer, prompts, args)
-    systems.append(_system_from_responses("adapters", texts, lengths, prompt_config))
+    for name in ("base", "adapters"):
+        if name == "adapters":
+            # Shapes are checked against this base first: adapters for another base are refused.
+            model = load_adapters_checked(model, source.adapter_dir)
+            model.eval()
+        texts, lengths = generate(model, tokenizer, prompts, args)
+        system = _system_from_responses(name, texts, lengths, prompt_config)
+        system.answers = [
+            query_prefixed(a, t, prepend) for a, t in zip(system.answers, repeated, strict=True)
+        ]
+        systems.append(system)
     return systems
+
+
+def _section(train_config: dict[str, Any], name: str, cls: Any) -> dict[str, Any]:
+    """A section of the run's config.yaml as keyword arguments (only `cls`'s fields when given)."""
+    section = train_config.get(name)
+    if not isinstance(section, dict):
+        return {}
+    if cls is None:
+        return dict(section)
+    known = {f.name for f in fields(cls)}
+    out = {k: v for k, v in section.items() if k in known}
+    if isinstance(out.get("answer_tags"), list):
+        out["answer_tags"] = tuple(out["answer_tags"])
+    return out
 
 
 def summarize(

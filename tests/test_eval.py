@@ -242,3 +242,17 @@ def test_cli_eval(tiny_eval, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "adapters - base" in res.output and (tmp_path / "e.json").is_file()
+
+
+def test_run_config_sections_feed_eval():
+    from ospo_mlx.data.prompts import PromptConfig
+    from ospo_mlx.eval import _section
+
+    train_config = {
+        "prompt": {"answer_tags": ["<a>", "</a>"], "bogus": 1},
+        "reward": {"prepend_query": False},
+    }
+    prompt = PromptConfig(**_section(train_config, "prompt", PromptConfig))
+    assert prompt.answer_tags == ("<a>", "</a>")
+    assert _section(train_config, "reward", None) == {"prepend_query": False}
+    assert _section({}, "prompt", PromptConfig) == {}

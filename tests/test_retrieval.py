@@ -217,3 +217,15 @@ def test_real_esci_sample(shared_data):
     reward = build_reward(catalog, RewardConfig(mode="catalog"))
     scores = reward.score([f"<answer>{t.query}</answer>" for t in tasks], tasks)
     assert scores.shape == (len(tasks),) and scores.mean() > 0.2
+
+
+def test_query_prefixed_is_what_training_and_eval_score():
+    from ospo_mlx.data.schema import HistoryItem, Task
+    from ospo_mlx.reward.retrieval import query_prefixed
+
+    qe = Task(id="q", kind="query_expansion", targets={"a": 1.0}, query="trail shoes")
+    shop = Task(id="s", kind="shopper_profile", targets={"a": 1.0}, history=[HistoryItem("a")])
+    assert query_prefixed("waterproof", qe, None) == "trail shoes waterproof"
+    assert query_prefixed("waterproof", qe, False) == "waterproof"
+    assert query_prefixed("linen dress", shop, None) == "linen dress"
+    assert query_prefixed("linen dress", shop, True) == "linen dress"  # no query to prepend

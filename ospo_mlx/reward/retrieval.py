@@ -132,6 +132,18 @@ def coalition_text(
     return " ".join("".join(pieces).split())
 
 
+def query_prefixed(text: str, task: Task, prepend_query: bool | None) -> str:
+    """The retrieval text of an answer: the task's query first when `prepend_query` says so.
+
+    None means: for query_expansion tasks (the expansion adds to the query, as in the paper).
+    Training and `ospo eval` both go through here so they score the same text.
+    """
+    prepend = (task.kind == "query_expansion") if prepend_query is None else bool(prepend_query)
+    if prepend and task.query:
+        return f"{task.query} {text}".strip()
+    return text
+
+
 class RetrievalReward:
     """Retrieval-quality reward over a Retriever (dense MiniLM by default; see `build_reward`)."""
 
@@ -142,15 +154,9 @@ class RetrievalReward:
         self.stats: Counter[str] = Counter()  # missing_tags, texts_unique, texts_total, ...
 
     # -- texts ---------------------------------------------------------------------------
-    def _prepend(self, task: Task) -> bool:
-        cfg = self.config.prepend_query
-        return (task.kind == "query_expansion") if cfg is None else bool(cfg) and bool(task.query)
-
     def with_query(self, text: str, task: Task) -> str:
         """The retrieval text for a response text: the query first when configured."""
-        if self._prepend(task) and task.query:
-            return f"{task.query} {text}".strip()
-        return text
+        return query_prefixed(text, task, self.config.prepend_query)
 
     def response_text(self, response: str) -> str | None:
         """The answer region of `response` (None when tags are missing and the policy is zero)."""
