@@ -32,7 +32,9 @@ def doctor(
     if report.blas_detail:
         blas += f": {report.blas_detail}"
     table.add_row("BLAS", blas)
-    table.add_row(f"matmul {report.matmul_n}x{report.matmul_n} f32", f"{report.matmul_gflops:.1f} GFLOP/s")
+    table.add_row(
+        f"matmul {report.matmul_n}x{report.matmul_n} f32", f"{report.matmul_gflops:.1f} GFLOP/s"
+    )
     for name, where in report.assets.items():
         table.add_row(name, where)
     console = Console()

@@ -38,7 +38,11 @@ def product_text(product: Product, max_chars: int = 512) -> str:
     to `max_chars` so long descriptions do not dominate the embedding.
     """
     parts = [product.title]
-    for label, value in (("brand", product.brand), ("color", product.color), ("category", product.category)):
+    for label, value in (
+        ("brand", product.brand),
+        ("color", product.color),
+        ("category", product.category),
+    ):
         if value:
             parts.append(f"{label}: {value}")
     for key in sorted(product.attributes):
@@ -74,7 +78,9 @@ def _require(row: dict[str, Any], key: str, kind: type | tuple[type, ...], where
         raise DataError(f"{where}: missing column '{key}'")
     value = row[key]
     if not isinstance(value, kind):
-        raise DataError(f"{where}: column '{key}' should be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+        raise DataError(
+            f"{where}: column '{key}' should be {getattr(kind, '__name__', kind)}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -113,7 +119,9 @@ def task_from_dict(row: dict[str, Any], where: str = "task row") -> Task:
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: 'targets' gains must be numbers ({exc})") from None
     history = [
-        HistoryItem(str(h["product_id"]), h.get("date")) if isinstance(h, dict) else HistoryItem(str(h))
+        HistoryItem(str(h["product_id"]), h.get("date"))
+        if isinstance(h, dict)
+        else HistoryItem(str(h))
         for h in row.get("history") or []
     ]
     if kind == "query_expansion" and not isinstance(row.get("query"), str):
@@ -151,7 +159,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise DataError(
+                    f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
             yield lineno, obj
 
 

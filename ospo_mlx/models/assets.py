@@ -46,7 +46,10 @@ def minilm_dir() -> Path:
 def asset_status() -> dict[str, str]:
     """Where each embedded model lives, or how to install it."""
     status = {}
-    for name, finder in (("smollm2-135m-instruct", smollm2_gguf_path), ("all-minilm-l6-v2", minilm_dir)):
+    for name, finder in (
+        ("smollm2-135m-instruct", smollm2_gguf_path),
+        ("all-minilm-l6-v2", minilm_dir),
+    ):
         try:
             status[name] = str(finder())
         except OspoError:
