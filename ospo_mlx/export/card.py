@@ -6,7 +6,6 @@ tags) so the hub links the export to its base model.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,12 +161,9 @@ def read_eval_report(run_dir: Path | None) -> dict[str, Any] | None:
     path = run_dir / "eval.json" if run_dir is not None else None
     if path is None or not path.is_file():
         return None
-    try:
-        report = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path} is not valid JSON (line {exc.lineno}); re-run `ospo eval` or delete it"
-        ) from exc
+    from ospo_mlx.safety import load_json
+
+    report = load_json(path, "eval report")
     if not isinstance(report, dict):
         raise DataError(f"{path} must hold a JSON object; re-run `ospo eval`")
     return report

@@ -58,14 +58,9 @@ class AdapterSource:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
+    from ospo_mlx.safety import load_yaml
 
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DataError(
-            f"{path} is not valid YAML ({exc.__class__.__name__}); fix or regenerate it"
-        ) from exc
+    data = load_yaml(path, "run config") or {}
     if not isinstance(data, dict):
         raise DataError(f"{path} must be a YAML mapping of config keys")
     return data
