@@ -1,5 +1,8 @@
 """Training configuration: dataclasses with help text, YAML files and `--set` overrides.
 
+The generic typed-option machinery lives in `ospo_mlx.options`; this module holds the sections,
+their cross-field checks, and loading/dumping.
+
 Precedence is CLI > YAML > defaults. Every key and value is validated against the dataclass
 type hints; unknown keys and bad values raise a one-line ConfigError naming the key (with the
 closest valid key suggested).
@@ -8,9 +11,6 @@ closest valid key suggested).
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,7 @@ import yaml
 
 from ospo_mlx.data.prompts import PromptConfig
 from ospo_mlx.errors import ConfigError
+from ospo_mlx.options import apply_options, nest, parse_override
 from ospo_mlx.reward.retrieval import RewardConfig as RetrievalRewardConfig
 
 
@@ -244,118 +245,8 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- validation
 
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check/convert `value` to the type `hint`; raise ConfigError naming `key`."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
-        return value
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {_coerce(k, args[0], key): _coerce(v, args[1], key) for k, v in value.items()}
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return tuple(_coerce(v, args[0], key) for v in value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], key) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
-            return value.lower() in {"true", "yes", "1"}
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return int(as_float)
-    if hint is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if hint is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported option type {hint}")
-
-
-def _unknown_key(key: str, valid: list[str], prefix: str) -> ConfigError:
-    full = [f"{prefix}{v}" for v in valid]
-    close = difflib.get_close_matches(f"{prefix}{key}", full, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(full)}"
-    return ConfigError(f"unknown config key '{prefix}{key}'{hint}")
-
-
-def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
-    """Set the (nested) `values` on dataclass `obj`, validating keys and types."""
-    hints = _hints(type(obj))
-    for key, value in values.items():
-        if key not in hints:
-            raise _unknown_key(str(key), list(hints), prefix)
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{prefix}{key}: expected a mapping of options, got {value!r}")
-            _apply(current, value, f"{prefix}{key}.")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], f"{prefix}{key}"))
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'optim.steps=5' -> (['optim', 'steps'], 5); the value is read as YAML (null, true, 1e-4, [a, b])."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.steps=5")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return [p for p in key.strip().split(".") if p], value
-
-
-def _nest(path: list[str], value: Any) -> dict[str, Any]:
-    out: dict[str, Any] = value
-    for part in reversed(path):
-        out = {part: out}
-    return out
+# Keys that moved, so old configs get a pointer instead of a guess.
+MOVED_KEYS = {"prompt.missing_tags": "reward.missing_tags"}
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -450,17 +341,17 @@ def load_config(
             raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        _apply(config, data)
+        apply_options(config, data, moved=MOVED_KEYS)
         if config.run.name is None:
             config.run.name = path.stem
     for text in overrides or []:
         keys, value = parse_override(text)
         if not keys:
             raise ConfigError(f"--set {text!r}: empty key")
-        _apply(config, _nest(keys, value))
+        apply_options(config, nest(keys, value), moved=MOVED_KEYS)
     for dotted, value in values.items():
         if value is not None:
-            _apply(config, _nest(dotted.split("."), value))
+            apply_options(config, nest(dotted.split("."), value), moved=MOVED_KEYS)
     if config.run.name is None:
         config.run.name = "run"
     return validate(config)
@@ -469,7 +360,7 @@ def load_config(
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from `to_dict()` output (e.g. a run's config.yaml)."""
     config = TrainConfig()
-    _apply(config, data)
+    apply_options(config, data, moved=MOVED_KEYS)
     return validate(config)
 
 

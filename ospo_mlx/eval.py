@@ -91,18 +91,27 @@ def raw_text(task: Any, catalog: dict[str, Any]) -> str:
 def score_texts(
     retriever: Any, texts: Sequence[str], tasks: Sequence[Any], names: Sequence[str] = EVAL_METRICS
 ) -> dict[str, np.ndarray]:
-    """Per-text metrics (len(texts),) of `texts[i]` (written for `tasks[i]`) under `retriever`."""
+    """Per-text metrics (len(texts),) of `texts[i]` (written for `tasks[i]`) under `retriever`.
+
+    A None text (an answer the training format rule scores 0) scores 0 on every metric.
+    """
     from ospo_mlx.reward.metrics import Judgments, compute
 
     index = {pid: i for i, pid in enumerate(retriever.product_ids)}
+    keep = np.array([t is not None for t in texts], dtype=bool)
+    kept = np.flatnonzero(keep)
     pools = None
     if all(t.pool for t in tasks):
-        pools = [np.array([index[p] for p in t.pool if p in index], dtype=np.int64) for t in tasks]
-    ranked = retriever.rank(list(texts), RANK_DEPTH, pools)
+        pools = [
+            np.array([index[p] for p in tasks[i].pool if p in index], dtype=np.int64) for i in kept
+        ]
+    ranked = np.full((len(texts), RANK_DEPTH), -1, dtype=np.int64)
+    if len(kept):
+        got = retriever.rank([texts[i] for i in kept], RANK_DEPTH, pools)
+        ranked[kept, : got.shape[1]] = got
     judgments = Judgments([t.targets for t in tasks], index)
-    return compute(
-        names, judgments.gains(ranked), judgments.ideal(RANK_DEPTH), judgments.n_relevant
-    )
+    out = compute(names, judgments.gains(ranked), judgments.ideal(RANK_DEPTH), judgments.n_relevant)
+    return {name: np.where(keep, v, 0.0) for name, v in out.items()}
 
 
 def build_retriever(spec: str, catalog: dict[str, Any], train_config: dict[str, Any]) -> Any:
@@ -156,21 +165,21 @@ class SystemOutput:
 
     name: str
     texts: list[str]
-    answers: list[str]
+    answers: list[str | None]  # the scored text; None where the format rule scores 0
     lengths: list[int] | None = None
     formatted: list[bool] | None = None
 
 
 def _system_from_responses(
-    name: str, texts: list[str], lengths: list[int], prompt_config: Any
+    name: str, texts: list[str], lengths: list[int], tags: tuple[str, str], reward: dict[str, Any]
 ) -> SystemOutput:
-    from ospo_mlx.data.prompts import answer_text
+    """Scored answers by the run's own rule (`reward.missing_tags`, `reward.unclosed_answer`)."""
+    from ospo_mlx.attribution.segment import scored_answer
 
-    open_tag, close_tag = prompt_config.answer_tags
-    formatted = [open_tag in t and close_tag in t.split(open_tag)[-1] for t in texts]
-    return SystemOutput(
-        name, texts, [answer_text(t, prompt_config) for t in texts], lengths, formatted
-    )
+    missing, unclosed = reward.get("missing_tags", "whole"), reward.get("unclosed_answer", "keep")
+    scored = [scored_answer(t, tags, missing, unclosed) for t in texts]
+    formatted = [status == "ok" for _, status in scored]
+    return SystemOutput(name, texts, [a for a, _ in scored], lengths, formatted)
 
 
 def _load_inputs(args: EvalArgs):
@@ -210,7 +219,8 @@ def run_systems(
     systems = [SystemOutput("raw", raw, raw)]
     # The run's own prompt and retrieval-text settings, so eval scores what training rewarded.
     prompt_config = PromptConfig(**_section(source.train_config, "prompt", PromptConfig))
-    prepend = _section(source.train_config, "reward", None).get("prepend_query")
+    reward_section = _section(source.train_config, "reward", None)
+    prepend = reward_section.get("prepend_query")
     model, tokenizer, _, _ = load_base(source.base_model)
     prompts = [encode_prompt(tokenizer, t, catalog, prompt_config) for t in tasks]
     for name in ("base", "adapters"):
@@ -219,9 +229,12 @@ def run_systems(
             model = load_adapters_checked(model, source.adapter_dir)
             model.eval()
         texts, lengths = generate(model, tokenizer, prompts, args)
-        system = _system_from_responses(name, texts, lengths, prompt_config)
+        system = _system_from_responses(
+            name, texts, lengths, prompt_config.answer_tags, reward_section
+        )
         system.answers = [
-            query_prefixed(a, t, prepend) for a, t in zip(system.answers, repeated, strict=True)
+            None if a is None else query_prefixed(a, t, prepend)
+            for a, t in zip(system.answers, repeated, strict=True)
         ]
         systems.append(system)
     return systems

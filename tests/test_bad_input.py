@@ -237,7 +237,7 @@ def test_completions_without_segments_fall_back_to_uniform_credit():
 def test_missing_answer_tags_are_counted():
     from ospo_mlx.attribution.segment import segment
 
-    # Without tags the whole text is attributed (prompt.missing_tags=whole) and the step's
+    # Without tags the whole text is attributed (reward.missing_tags=whole) and the step's
     # `ospo/no_answer_tags` counts it; the trainer test checks the metric end to end.
     assert segment("red shoes with white soles") != []
     assert segment("<answer></answer>") == []
@@ -256,6 +256,9 @@ class _StubReward:
 
     def coalition_values(self, *args):
         raise AssertionError("flat groups have nothing to attribute")
+
+    def scored(self, text):
+        return text, "missing_tags"
 
 
 def test_counted_skips_are_visible_in_the_metrics(tmp_path, monkeypatch):
@@ -278,4 +281,59 @@ def test_counted_skips_are_visible_in_the_metrics(tmp_path, monkeypatch):
     assert m["skipped/prompt_too_long"] == 0.0
     assert m["loss"] == 0.0 and all(r["advantage"] == 0.0 for r in record.rollouts)
     assert all(r["reward"] in (0.0, 0.3) for r in record.rollouts)
+    trainer.log.close()
+
+
+class _FormatZeroReward:
+    """Completions 0 and 2 fail the format rule (reward 0); 1 and 3 score by content."""
+
+    reward_metric = "ndcg@10"
+
+    def __init__(self):
+        self.zeroed: set[str] = set()
+        self.attributed: list[str] = []
+
+    def score(self, texts, tasks):
+        self.zeroed = {texts[0], texts[2]}
+        return np.array([0.0, 0.6, 0.0, 0.4])
+
+    def metrics(self, texts, tasks):
+        return {}
+
+    def scored(self, text):
+        return (None, "unclosed") if text in self.zeroed else (text, "ok")
+
+    def coalition_values(self, responses, segments, masks, tasks):
+        self.attributed += list(responses)
+        return [m.sum(axis=1) * 0.1 + m[:, 0] * 0.3 for m in masks]  # segment 0 matters most
+
+
+def test_format_zeroed_completions_get_uniform_credit(tmp_path, monkeypatch):
+    """Under OSPO a completion the format rule scored 0 is not attributed: its credit is GRPO's."""
+    from ospo_mlx.config import load_config
+    from ospo_mlx.train import attribute as attribute_module
+    from ospo_mlx.train.trainer import Trainer
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config(TINY_YAML, ["optim.steps=1"], **{"run.out": str(tmp_path / "run")})
+    trainer = Trainer(cfg)
+    stub = _FormatZeroReward()
+    trainer.reward = stub
+    halves = lambda text, config=None: [(0, len(text) // 2), (len(text) // 2, len(text))]  # noqa: E731
+    monkeypatch.setattr(attribute_module, "segment", halves)
+    record = trainer.train_step()
+    texts = [r["completion"] for r in record.rollouts]
+    assert len(set(texts)) == 4 and all(len(t) >= 2 for t in texts)
+    assert record.metrics["ospo/format_zeroed"] == 2.0
+    assert record.metrics["ospo/unclosed_answer"] == 2.0
+    assert stub.attributed == [texts[1], texts[3]]  # zeroed ones evaluate no coalitions
+    for i, row in enumerate(record.rollouts):
+        adv = np.asarray(row["token_advantages"])
+        assert row["advantage"] != 0.0
+        if i in (0, 2):
+            np.testing.assert_allclose(adv, row["advantage"])  # uniform, like GRPO
+            assert row["coalitions"] == []
+        else:
+            assert adv.std() > 0  # the first segment earned more credit
+            assert np.mean(adv) == pytest.approx(row["advantage"], abs=1e-6)
     trainer.log.close()

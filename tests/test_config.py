@@ -62,6 +62,11 @@ def test_precedence_cli_over_yaml_over_defaults(tmp_path):
             "optim.gradient_accumulation_steps: 3 does not divide",
         ),
         ({"algorithm": "ppo"}, "algorithm: 'ppo' is not one of ['ospo', 'grpo']"),
+        (
+            {"prompt": {"missing_tags": "zero"}},
+            "config key 'prompt.missing_tags' moved to 'reward.missing_tags'",
+        ),
+        ({"reward": {"unclosed_answer": "drop"}}, "reward.unclosed_answer = 'drop' is not one of"),
     ],
 )
 def test_bad_keys_and_values_give_one_line_errors(tmp_path, data, needle):

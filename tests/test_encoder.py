@@ -69,7 +69,7 @@ def test_gelu_is_the_erf_form():
     import mlx.core as mx
     import mlx.nn as nn
 
-    from ospo_mlx.reward.encoder import gelu_erf
+    from ospo_mlx.reward.bert import gelu_erf
 
     x = np.linspace(-12, 12, 4001, dtype=np.float32).reshape(-1, 1)
     got = np.array(gelu_erf(mx.array(x)))[:, 0]
@@ -115,7 +115,7 @@ def test_missing_files_are_one_line_errors(tmp_path, encoder):
 
 def test_packing_indices_round_trip():
     """Gather to per-group padded rows and unpad back recovers every packed token in order."""
-    from ospo_mlx.reward.encoder import Packing
+    from ospo_mlx.reward.bert import Packing
 
     lengths = [2, 3, 3, 7, 9, 9, 17, 30]  # sorted, as encode() sends them: 4 attention groups
     p = Packing.build(lengths)

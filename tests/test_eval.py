@@ -256,3 +256,31 @@ def test_run_config_sections_feed_eval():
     assert prompt.answer_tags == ("<a>", "</a>")
     assert _section(train_config, "reward", None) == {"prepend_query": False}
     assert _section({}, "prompt", PromptConfig) == {}
+
+
+def test_format_rule_of_the_run_decides_eval_answers():
+    """eval scores answers by the run's reward.missing_tags / unclosed_answer, as training did."""
+    from ospo_mlx.eval import _system_from_responses
+
+    texts = ["<answer>red shoes</answer>", "<answer>red shoes", "red shoes"]
+    tags = ("<answer>", "</answer>")
+    lenient = _system_from_responses("a", texts, [3, 3, 3], tags, {})
+    assert lenient.answers == ["red shoes", "red shoes", "red shoes"]
+    assert lenient.formatted == [True, False, False]
+    strict = _system_from_responses(
+        "a", texts, [3, 3, 3], tags, {"missing_tags": "zero", "unclosed_answer": "zero"}
+    )
+    assert strict.answers == ["red shoes", None, None]
+
+
+def test_none_answers_score_zero_and_leave_the_others_unchanged():
+    ids = [p for p, _ in PRODUCTS]
+    tasks = [Task(id=t, kind="query_expansion", targets=tg, query=q) for t, q, tg in TASKS[:3]]
+    rankings = {"a": ["p1", "p2"], "b": ["p3"], "c": ["p5", "p6"]}
+    full = score_texts(FixedRetriever(ids, rankings), ["a", "b", "c"], tasks)
+    some = score_texts(FixedRetriever(ids, rankings), ["a", None, "c"], tasks)
+    assert all(full[k][1] > 0 and some[k][1] == 0.0 for k in full)
+    for k in full:
+        np.testing.assert_allclose(some[k][[0, 2]], full[k][[0, 2]])
+    none = score_texts(FixedRetriever(ids, rankings), [None], tasks[:1])
+    assert all(v.tolist() == [0.0] for v in none.values())

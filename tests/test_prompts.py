@@ -9,10 +9,8 @@ import pytest
 
 from ospo_mlx.data.prompts import (
     PromptConfig,
-    answer_text,
     build_messages,
     encode_prompt,
-    extract_answer,
     prompt_preview,
 )
 from ospo_mlx.data.schema import HistoryItem, Product, Task
@@ -148,29 +146,7 @@ def test_missing_chat_template_error_and_fallback(tmp_path, catalog):
     assert ids and tok.convert_tokens_to_ids("<|im_start|>") not in ids
 
 
-@pytest.mark.parametrize(
-    ("text", "policy", "expected"),
-    [
-        ("think <answer> trail shoes </answer> bye", "whole", "trail shoes"),
-        ("<answer>a</answer> then <answer>b</answer>", "zero", "a"),
-        ("<think><answer>draft</answer></think><answer>final</answer>", "zero", "final"),
-        ("truncated <answer>waterproof trail", "zero", "waterproof trail"),
-        ("no tags here", "whole", "no tags here"),
-        ("no tags here", "zero", ""),
-    ],
-)
-def test_answer_extraction(text, policy, expected):
-    cfg = PromptConfig(missing_tags=policy)
-    assert answer_text(text, cfg) == expected
-    span = extract_answer(text, cfg)
-    assert (span is None) == (expected == "")
-    if span:
-        assert text[span[0] : span[1]].strip() == expected
-
-
 def test_config_validation():
-    with pytest.raises(ConfigError):
-        PromptConfig(missing_tags="drop")
     with pytest.raises(ConfigError):
         PromptConfig(answer_tags=("<a>", ""))
 

@@ -157,6 +157,17 @@ def test_score_metrics_and_tags(dense, tasks):
     )
 
 
+def test_unclosed_answers_score_zero_only_when_asked(dense, tasks):
+    cut = RESPONSES[0].split("</answer>")[0]  # the same answer, cut before its closing tag
+    strict = RetrievalReward(dense, RewardConfig(unclosed_answer="zero"))
+    r = strict.score([RESPONSES[0], cut], tasks[:1] * 2)
+    assert r[0] > 0.5 and r[1] == 0.0 and strict.stats["unclosed"] == 1
+    assert strict.format_zeroed(cut) and not strict.format_zeroed(RESPONSES[0])
+    keep = RetrievalReward(dense, RewardConfig())
+    np.testing.assert_allclose(keep.score([cut], tasks[:1]), r[:1])  # scored to the end of text
+    assert keep.stats["unclosed"] == 1 and not keep.format_zeroed(cut)
+
+
 def test_prepend_query_changes_text(dense, tasks):
     on = RetrievalReward(dense, RewardConfig())
     off = RetrievalReward(dense, RewardConfig(prepend_query=False))

@@ -13,6 +13,7 @@ from ospo_mlx.attribution.segment import (
     SegmenterConfig,
     answer_span,
     group_spans,
+    scored_answer,
     segment,
     segment_texts,
     think_regions,
@@ -182,6 +183,55 @@ def test_answer_and_think_tags():
     # <thinking> blocks are excluded when no answer tags exist.
     text = "<thinking>x y z</thinking>final words"
     assert segment_texts(text, segment(text, "word")) == ["final", "words"]
+
+
+@pytest.mark.parametrize(
+    ("text", "missing", "unclosed", "expected", "status"),
+    [
+        ("think <answer> trail shoes </answer> bye", "zero", "zero", "trail shoes", "ok"),
+        ("<answer>a</answer> then <answer>b</answer>", "zero", "zero", "a", "ok"),
+        (
+            "<think><answer>draft</answer></think><answer>final</answer>",
+            "zero",
+            "zero",
+            "final",
+            "ok",
+        ),
+        ("truncated <answer>waterproof trail", "zero", "keep", "waterproof trail", "unclosed"),
+        ("truncated <answer>waterproof trail", "whole", "zero", None, "unclosed"),
+        ("no tags here", "whole", "zero", "no tags here", "missing_tags"),
+        ("<think>why</think> no tags", "whole", "keep", "no tags", "missing_tags"),
+        ("no tags here", "zero", "keep", None, "missing_tags"),
+        ("<think><answer>only a draft</answer></think>", "zero", "keep", None, "missing_tags"),
+    ],
+)
+def test_scored_answer_rules(text, missing, unclosed, expected, status):
+    assert scored_answer(text, missing_tags=missing, unclosed_answer=unclosed) == (expected, status)
+
+
+def test_scored_answer_without_tags_and_bad_policies():
+    assert scored_answer("<answer>x</answer>", None) == ("<answer>x</answer>", "ok")
+    with pytest.raises(ConfigError, match="unclosed_answer"):
+        scored_answer("x", unclosed_answer="drop")
+    with pytest.raises(ConfigError, match="missing_tags"):
+        scored_answer("x", missing_tags="drop")
+
+
+@SETTINGS
+@given(texts, st.sampled_from(["whole", "zero"]), st.sampled_from(["keep", "zero"]))
+def test_scored_answer_agrees_with_answer_span(text, missing, unclosed):
+    """The scored text is the attributed answer span; None exactly where a zero policy applies."""
+    got, status = scored_answer(text, missing_tags=missing, unclosed_answer=unclosed)
+    span = answer_span(text)
+    assert (span is None) == (status == "missing_tags")
+    zeroed = (status == "missing_tags" and missing == "zero") or (
+        status == "unclosed" and unclosed == "zero"
+    )
+    assert (got is None) == zeroed
+    if span is not None and got is not None:
+        assert got == text[span[0] : span[1]].strip()
+    if status == "unclosed":
+        assert span[1] == len(text)
 
 
 def test_empty_and_degenerate_text():

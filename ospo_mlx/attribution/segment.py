@@ -180,17 +180,10 @@ def _subtract(region: Span, holes: list[Span]) -> list[Span]:
     return out
 
 
-def answer_span(
-    text: str,
-    tags: tuple[str, str] | None = DEFAULT_ANSWER_TAGS,
-    think_tags: Sequence[tuple[str, str]] = DEFAULT_THINK_TAGS,
-) -> Span | None:
-    """The content span inside the first answer tags outside reasoning blocks; None without tags.
-
-    An opening tag with no closing tag (a truncated generation) runs to the end of the text.
-    """
-    if tags is None:
-        return None
+def _answer_match(
+    text: str, tags: tuple[str, str], think_tags: Sequence[tuple[str, str]]
+) -> tuple[int, int, bool] | None:
+    """(start, end, closed) of the first answer outside reasoning blocks; None without one."""
     open_tag, close_tag = tags
     holes = think_regions(text, think_tags)
     pos = 0
@@ -202,7 +195,60 @@ def answer_span(
             break
         pos = m_open.end()
     m_close = _find_tag(text, close_tag, m_open.end())
-    return (m_open.end(), len(text) if m_close is None else m_close.start())
+    if m_close is None:
+        return (m_open.end(), len(text), False)
+    return (m_open.end(), m_close.start(), True)
+
+
+def answer_span(
+    text: str,
+    tags: tuple[str, str] | None = DEFAULT_ANSWER_TAGS,
+    think_tags: Sequence[tuple[str, str]] = DEFAULT_THINK_TAGS,
+) -> Span | None:
+    """The content span inside the first answer tags outside reasoning blocks; None without tags.
+
+    An opening tag with no closing tag (a truncated generation) runs to the end of the text.
+    """
+    if tags is None:
+        return None
+    match = _answer_match(text, tags, think_tags)
+    return None if match is None else match[:2]
+
+
+MISSING_TAGS = ("whole", "zero")
+UNCLOSED_ANSWER = ("keep", "zero")
+
+
+def scored_answer(
+    text: str,
+    tags: tuple[str, str] | None = DEFAULT_ANSWER_TAGS,
+    missing_tags: str = "whole",
+    unclosed_answer: str = "keep",
+    think_tags: Sequence[tuple[str, str]] = DEFAULT_THINK_TAGS,
+) -> tuple[str | None, str]:
+    """(text a response is scored by, format status); the text is None when the rule scores 0.
+
+    The one answer rule for training rewards and `ospo eval`. Status is "ok", "missing_tags"
+    (no opening tag) or "unclosed" (no closing tag, often a generation cut at max_new_tokens).
+    Without an answer, the scored text is the whole response minus reasoning blocks.
+    """
+    if missing_tags not in MISSING_TAGS or unclosed_answer not in UNCLOSED_ANSWER:
+        raise ConfigError(
+            f"missing_tags must be one of {list(MISSING_TAGS)} and unclosed_answer one of "
+            f"{list(UNCLOSED_ANSWER)}, got {missing_tags!r} and {unclosed_answer!r}"
+        )
+    match = _answer_match(text, tags, think_tags) if tags is not None else None
+    if match is None:
+        status = "missing_tags" if tags is not None else "ok"
+        if status == "missing_tags" and missing_tags == "zero":
+            return None, status
+        regions = _subtract((0, len(text)), think_regions(text, think_tags))
+        return " ".join(text[s:e].strip() for s, e in regions).strip(), status
+    start, end, closed = match
+    status = "ok" if closed else "unclosed"
+    if not closed and unclosed_answer == "zero":
+        return None, status
+    return text[start:end].strip(), status
 
 
 def attributable_regions(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ospo_mlx.data.schema import Product, Task, product_text
 from ospo_mlx.errors import ConfigError, DataError, OspoError
@@ -54,13 +54,9 @@ class PromptConfig:
     )
     answer_tags: tuple[str, str] = field(
         default=("<answer>", "</answer>"),
-        metadata={"help": "Opening and closing tags around the scored answer."},
-    )
-    missing_tags: Literal["whole", "zero"] = field(
-        default="whole",
         metadata={
-            "help": "When a completion has no answer tags: 'whole' scores the whole text, "
-            "'zero' scores nothing (reward 0)."
+            "help": "Opening and closing tags around the scored answer (how answers without "
+            "them are scored: reward.missing_tags and reward.unclosed_answer)."
         },
     )
     plain_text_template: str | None = field(
@@ -72,8 +68,6 @@ class PromptConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.missing_tags not in ("whole", "zero"):
-            raise ConfigError(f"missing_tags must be 'whole' or 'zero', got {self.missing_tags!r}")
         if len(self.answer_tags) != 2 or not all(self.answer_tags):
             raise ConfigError(
                 "answer_tags must be two non-empty strings, e.g. ['<answer>', '</answer>']"
@@ -191,25 +185,3 @@ def prompt_preview(
 ) -> str:
     """The user text of a task's prompt, for logs and the inspector."""
     return user_text(task, catalog, config)
-
-
-def extract_answer(completion: str, config: PromptConfig | None = None) -> tuple[int, int] | None:
-    """Character span (start, end) of the answer inside a completion, or None for no answer.
-
-    The same region the reward scores and the segmenter attributes (`attribution.answer_span`:
-    the first answer outside reasoning blocks, running to the end when the closing tag is
-    missing). Without tags the span is the whole text under missing_tags='whole', else None.
-    """
-    from ospo_mlx.attribution.segment import answer_span
-
-    config = config or PromptConfig()
-    span = answer_span(completion, tuple(config.answer_tags))
-    if span is None and config.missing_tags == "whole":
-        return (0, len(completion))
-    return span
-
-
-def answer_text(completion: str, config: PromptConfig | None = None) -> str:
-    """The scored answer text of a completion ('' when missing_tags='zero' and no tags)."""
-    span = extract_answer(completion, config)
-    return "" if span is None else completion[span[0] : span[1]].strip()

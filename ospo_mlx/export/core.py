@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from ospo_mlx.export.source import (
     hub_name,
     resolve_source,
 )
+from ospo_mlx.safety import load_json
 
 FORMATS = ("mlx", "peft", "fused")
 
@@ -99,7 +99,7 @@ def _base_config(source: AdapterSource) -> dict[str, Any]:
     """The base model's config.json (read from disk when local, else from the loaded model)."""
     path = Path(source.base_model)
     if source.base_model != DEFAULT_MODEL and (path / "config.json").is_file():
-        return json.loads((path / "config.json").read_text())
+        return load_json(path / "config.json", "base model config")
     from ospo_mlx.export.fused import load_base
 
     return load_base(source.base_model)[2]

@@ -9,7 +9,6 @@ MLX's affine-quantized tensors).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from ospo_mlx.errors import OspoError
 from ospo_mlx.export.paths import safe_path, write_json
 from ospo_mlx.export.peft import permute_rows_rotate_half, rope_row_heads
 from ospo_mlx.export.source import DEFAULT_MODEL
+from ospo_mlx.safety import load_json
 
 # Base-model files copied next to the fused weights when present (tokenizer files come from
 # the tokenizer itself, so any loader's tokenizer works).
@@ -52,7 +52,7 @@ def _local_dir(model: Any) -> Path | None:
 def _config_of(model: Any, local: Path | None) -> dict[str, Any]:
     """The model's config.json: from its directory, else rebuilt from its ModelArgs."""
     if local is not None and (local / "config.json").is_file():
-        return json.loads((local / "config.json").read_text())
+        return load_json(local / "config.json", "model config")
     import dataclasses
 
     args = getattr(model, "args", None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ospo_mlx.attribution.segment import answer_span, attributable_regions
+from ospo_mlx.attribution.segment import MISSING_TAGS, UNCLOSED_ANSWER, scored_answer
 from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.reward import metrics as M
@@ -66,6 +66,13 @@ class RewardConfig:
             "help": "Response without answer tags: whole (use the whole text) or zero (reward 0); counted."
         },
     )
+    unclosed_answer: str = field(
+        default="keep",
+        metadata={
+            "help": "Answer without its closing tag (often cut at max_new_tokens): keep (score it "
+            "to the end of the text) or zero (reward 0, so run-on answers are not rewarded); counted."
+        },
+    )
     gains: str = field(
         default="graded",
         metadata={"help": "graded: targets' gains (ESCI E=3,S=2,C=1); binary: 1 if > 0."},
@@ -84,7 +91,8 @@ class RewardConfig:
             "mode": ("pool", "catalog"),
             "coalition_text": ("drop", "keep-gaps"),
             "empty_value": ("zero", "query"),
-            "missing_tags": ("whole", "zero"),
+            "missing_tags": MISSING_TAGS,
+            "unclosed_answer": UNCLOSED_ANSWER,
             "gains": ("graded", "binary"),
         }
         for name, allowed in choices.items():
@@ -159,18 +167,20 @@ class RetrievalReward:
         return query_prefixed(text, task, self.config.prepend_query)
 
     def response_text(self, response: str) -> str | None:
-        """The answer region of `response` (None when tags are missing and the policy is zero)."""
-        tags = self.config.answer_tags
-        span = answer_span(response, tags) if tags else None
-        if span is not None:
-            return response[span[0] : span[1]].strip()
-        if tags:
-            self.stats["missing_tags"] += 1
-            if self.config.missing_tags == "zero":
-                return None
-        return " ".join(
-            response[s:e].strip() for s, e in attributable_regions(response, None)
-        ).strip()
+        """The scored text of `response` (None when the format rule gives it reward 0)."""
+        text, status = self.scored(response)
+        if status != "ok":
+            self.stats[status] += 1
+        return text
+
+    def scored(self, response: str) -> tuple[str | None, str]:
+        """(scored text or None, format status: ok, missing_tags or unclosed); see `scored_answer`."""
+        c = self.config
+        return scored_answer(response, c.answer_tags, c.missing_tags, c.unclosed_answer)
+
+    def format_zeroed(self, response: str) -> bool:
+        """True when the format rule (not the content) gives `response` reward 0."""
+        return self.scored(response)[0] is None
 
     def empty_text(self, task: Task) -> str | None:
         """Retrieval text of the empty coalition (None: its value is 0)."""

@@ -35,6 +35,8 @@ METRIC_REDUCTIONS: dict[str, Reduction] = {
     "tokens_per_second": "sum",
     "ospo/coalitions": "sum",
     "ospo/no_answer_tags": "sum",
+    "ospo/unclosed_answer": "sum",
+    "ospo/format_zeroed": "sum",
     "reward/nonfinite": "sum",
     "ospo/no_segments": "sum",
     "skipped/prompt_too_long": "sum",

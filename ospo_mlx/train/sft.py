@@ -31,6 +31,7 @@ from mlx.utils import tree_flatten
 from ospo_mlx.data.prompts import PromptConfig, encode_prompt
 from ospo_mlx.data.schema import Product, Task
 from ospo_mlx.errors import ConfigError, OspoError
+from ospo_mlx.safety import load_tensors
 from ospo_mlx.train.batching import Batch, pack_batch
 from ospo_mlx.train.checkpoint import ADAPTER_CONFIG, ADAPTER_FILE, save_adapters
 from ospo_mlx.train.policy import completion_log_probs
@@ -284,7 +285,7 @@ def load_adapter_weights(model: nn.Module, directory: str | Path) -> int:
     path = Path(directory) / ADAPTER_FILE
     if not path.is_file():
         raise OspoError(f"{path} not found; run the warm-up first or pass its adapter directory")
-    weights = mx.load(str(path))
+    weights = load_tensors(path, "warm-up adapters")
     expected = dict(tree_flatten(model.trainable_parameters()))
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))

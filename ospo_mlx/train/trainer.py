@@ -254,7 +254,11 @@ class Trainer:
         t_reward = time.perf_counter()
 
         attribute = c.algorithm == "ospo" or c.run.log_attributions
-        active = (seq_adv != 0.0) if c.algorithm == "ospo" else np.ones(len(texts), dtype=bool)
+        scored = [self.reward.scored(t) for t in texts]
+        status = [st for _, st in scored]
+        zeroed = np.array([text is None for text, _ in scored], dtype=bool)
+        # A completion the format rule scored 0 has no content to credit: uniform (GRPO) weights.
+        active = (seq_adv != 0.0) & ~zeroed if c.algorithm == "ospo" else np.ones(len(texts), bool)
         attr = self.attribute(texts, offsets, tasks, active) if attribute else None
         lengths = [len(t) for t in ids]
         weights, no_segments = (
@@ -309,6 +313,8 @@ class Trainer:
             "ospo/segments_mean": float(np.mean([len(s) for s in attr.segments])) if attr else 0.0,
             "ospo/coalitions": float(attr.evaluated) if attr else 0.0,
             "ospo/no_answer_tags": float(sum(answers not in t for t in texts)),
+            "ospo/unclosed_answer": float(status.count("unclosed")),
+            "ospo/format_zeroed": float(zeroed.sum()),
             "ospo/no_segments": float(no_segments),
             "skipped/prompt_too_long": float(self.skipped_long),
             "reward/nonfinite": float(nonfinite),
