@@ -1,32 +1,40 @@
-"""Benchmark the policy update: compiled vs uncompiled tokens/s and MLX peak memory.
+"""Policy-update speed: the compiled update against the same update uncompiled, and peak memory.
 
-python bench/update.py            # embedded SmolLM2-135M, 8 x (96 prompt + 64 completion)
-python bench/update.py --quick    # tiny random model, seconds
-python bench/update.py --json     # one JSON object on stdout
+The clipped-policy update (loss, gradient, AdamW step) of `train/policy.py` runs on one random
+batch, once built with `mx.compile(step, inputs=state, outputs=state)` and once without. Both
+are warmed up (the compiled one traces twice: before and after the optimizer state exists),
+then timed alternately, so machine noise hits both sides alike; the ratio of their medians is
+the `speedup`. Peak memory is each side's own warm-up window.
+
+    python bench/update.py            # embedded SmolLM2-135M, 8 x (96 prompt + 64 completion)
+    python bench/update.py --quick    # tiny random model, seconds
+    python bench/update.py --json     # one JSON line
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
-import ospo_mlx  # noqa: F401  (BLAS before mlx)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# isort: split
+# isort: off
+import ospo_mlx  # noqa: F401  (optimized BLAS before mlx)
 import mlx.core as mx
 import numpy as np
-from mlx_lm.utils import dequantize_model
 
-from ospo_mlx.config import LoraConfig, OptimConfig
-from ospo_mlx.models.load import load_model
-from ospo_mlx.train.batching import pack_batch
-from ospo_mlx.train.policy import PolicyUpdate, apply_lora, build_optimizer
-from ospo_mlx.train.trainer import should_dequantize
+from bench.common import bench_parser, emit
+# isort: on
+
+MODES = ("compiled", "uncompiled")
 
 
 def random_batch(vocab: int, batch: int, prompt_len: int, completion_len: int, seed: int = 0):
+    from ospo_mlx.train.batching import pack_batch
+
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, vocab, prompt_len).tolist() for _ in range(batch)]
     completions = [rng.integers(0, vocab, completion_len).tolist() for _ in range(batch)]
@@ -34,84 +42,100 @@ def random_batch(vocab: int, batch: int, prompt_len: int, completion_len: int, s
     return pack_batch(prompts, completions, advantages)
 
 
-def measure(model, batch, compiled: bool, repeats: int, accum: int) -> dict[str, float]:
-    cfg = OptimConfig(learning_rate=1e-5, steps=repeats + 2, gradient_accumulation_steps=accum)
-    update = PolicyUpdate(
-        model, build_optimizer(cfg, cfg.steps), cfg, temperature=1.0,
-        max_completion_length=batch.num_positions, compile=compiled,
-    )  # fmt: skip
-    update(batch)  # warm-up: traces and compiles
-    mx.reset_peak_memory()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        update(batch)
-        times.append(time.perf_counter() - tic)
-    seconds = statistics.median(times)
+def build_updates(model: Any, batch: Any, repeats: int, accum: int) -> dict[str, Any]:
+    """Both updates on the same model (each with its own optimizer), warmed up; peak memory."""
+    from ospo_mlx.config import OptimConfig
+    from ospo_mlx.train.policy import PolicyUpdate, build_optimizer
+
+    out = {}
+    for mode in MODES:
+        cfg = OptimConfig(learning_rate=1e-5, steps=repeats + 4, gradient_accumulation_steps=accum)
+        update = PolicyUpdate(
+            model, build_optimizer(cfg, cfg.steps), cfg, temperature=1.0,
+            max_completion_length=batch.num_positions, compile=mode == "compiled",
+        )  # fmt: skip
+        mx.reset_peak_memory()
+        for _ in range(2):  # the first call creates the optimizer state: a second trace
+            update(batch)
+        out[mode] = (update, mx.get_peak_memory() / 1e9)
+    return out
+
+
+def measure(model: Any, batch: Any, repeats: int, accum: int) -> dict[str, Any]:
+    updates = build_updates(model, batch, repeats, accum)
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    for i in range(repeats):
+        for mode in MODES if i % 2 == 0 else MODES[::-1]:  # alternate who goes first
+            tic = time.perf_counter()
+            updates[mode][0](batch)
+            times[mode].append(time.perf_counter() - tic)
     total_tokens = int(batch.size * batch.tokens.shape[1])
     completion_tokens = int(batch.mask.sum().item())
-    return {
-        "seconds_per_update": seconds,
-        "tokens_per_second": total_tokens / seconds,
-        "completion_tokens_per_second": completion_tokens / seconds,
-        "peak_memory_gb": mx.get_peak_memory() / 1e9,
-    }
+    result: dict[str, Any] = {}
+    for mode in MODES:
+        seconds = statistics.median(times[mode])
+        result[mode] = {
+            "seconds_per_update": seconds,
+            "times": times[mode],
+            "tokens_per_second": total_tokens / seconds,
+            "completion_tokens_per_second": completion_tokens / seconds,
+            "peak_memory_gb": updates[mode][1],
+        }
+    result["speedup"] = (
+        result["uncompiled"]["seconds_per_update"] / result["compiled"]["seconds_per_update"]
+    )
+    return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from mlx_lm.utils import dequantize_model
+
+    from ospo_mlx.config import LoraConfig
+    from ospo_mlx.models.load import load_model
+    from ospo_mlx.train.policy import apply_lora
+    from ospo_mlx.train.trainer import should_dequantize
+
+    parser = bench_parser(__doc__, quick_help="tiny random model, 4 x 64 tokens")
     parser.add_argument("--model", default=None, help="model name/path (default: embedded SmolLM2)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=96)
     parser.add_argument("--completion-len", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6, help="timed updates per side")
     parser.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-batches")
-    parser.add_argument("--quick", action="store_true", help="tiny model and small batch (seconds)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.quick:
-        args.model, args.batch, args.prompt_len, args.completion_len, args.repeats = (
-            "tiny",
-            4,
-            32,
-            32,
-            3,
-        )
+        args.model = args.model or "tiny"
+        args.batch, args.prompt_len, args.completion_len, args.repeats = 4, 32, 32, 4
 
     model, _ = load_model(args.model)
     if should_dequantize(None):  # as the trainer does: float weights on CPU
         dequantize_model(model)
-    lora = LoraConfig(
-        rank=8, num_layers=16, keys=["self_attn.q_proj", "self_attn.v_proj"]
-    )  # demo's
-    apply_lora(model, lora, seed=0)
+    lora = LoraConfig(rank=8, num_layers=16, keys=["self_attn.q_proj", "self_attn.v_proj"])
+    apply_lora(model, lora, seed=0)  # the demo's adapters
     vocab = int(model.args.vocab_size) if hasattr(model, "args") else 1000
     batch = random_batch(vocab, args.batch, args.prompt_len, args.completion_len)
     result = {
         "model": args.model or "smollm2-135m-instruct",
+        "device": str(mx.default_device()),
         "batch": args.batch,
         "seq_len": int(batch.tokens.shape[1]),
         "completion_len": args.completion_len,
         "accum": args.accum,
-        "compiled": measure(model, batch, True, args.repeats, args.accum),
-        "uncompiled": measure(model, batch, False, args.repeats, args.accum),
+        "repeats": args.repeats,
+        **measure(model, batch, args.repeats, args.accum),
     }
-    result["speedup"] = (
-        result["compiled"]["tokens_per_second"] / result["uncompiled"]["tokens_per_second"]
-    )
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(
-        f"model {result['model']}  batch {args.batch} x {result['seq_len']} tokens (accum {args.accum})"
-    )
-    for mode in ("compiled", "uncompiled"):
+    lines = [
+        f"model {result['model']} on {result['device']}: {args.batch} x {result['seq_len']} "
+        f"tokens (accum {args.accum}), {args.repeats} alternating updates per side"
+    ]
+    for mode in MODES:
         r = result[mode]
-        print(
-            f"{mode:>10}: {r['seconds_per_update']:.3f} s/update  {r['tokens_per_second']:.0f} tok/s  "
-            f"peak {r['peak_memory_gb']:.2f} GB"
+        lines.append(
+            f"{mode:>10}: {r['seconds_per_update']:.3f} s/update  {r['tokens_per_second']:.0f} "
+            f"tok/s  peak {r['peak_memory_gb']:.2f} GB"
         )
-    print(f"   speedup: {result['speedup']:.2f}x")
+    lines.append(f"   speedup: {result['speedup']:.2f}x (uncompiled / compiled median time)")
+    emit("update", result, args.json, lines)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,14 @@ def train(
         None, "--model", help="Model path or repo id (model.name); 'tiny' for tests."
     ),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (run.seed)."),
+    adapters: Path | None = typer.Option(
+        None, "--adapters", help="Start from these mlx-lm adapters (model.adapters)."
+    ),
+    warmup_steps: int | None = typer.Option(
+        None,
+        "--warmup-steps",
+        help="Supervised answer-format warm-up updates first (warmup.steps).",
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run from its last complete checkpoint."
     ),
@@ -43,6 +51,8 @@ def train(
         "algorithm": algorithm,
         "model.name": model,
         "run.seed": seed,
+        "model.adapters": str(adapters) if adapters else None,
+        "warmup.steps": warmup_steps,
     }
     if resume and config is None:
         # Resuming without --config: continue with the run's own resolved config.

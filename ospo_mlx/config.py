@@ -43,6 +43,13 @@ class ModelConfig:
             "help": "Let the model/tokenizer run Python code shipped with it (only for sources you trust)."
         },
     )
+    adapters: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from these mlx-lm adapters (e.g. an earlier run's adapters/, made with "
+            "the same lora settings); null = fresh LoRA."
+        },
+    )
 
 
 @dataclass
@@ -194,6 +201,13 @@ class OptimConfig:
     grad_checkpoint: bool = field(
         default=False, metadata={"help": "Recompute activations in backward."}
     )
+    compile: bool | None = field(
+        default=None,
+        metadata={
+            "help": "mx.compile the update; null = auto: on for GPU backends (Metal, CUDA), off on "
+            "the CPU backend, where the compiled update measured slower (docs/benchmarks.md)."
+        },
+    )
     log_entropy: bool = field(
         default=True,
         metadata={"help": "Log the policy's token entropy (one more pass over the vocabulary)."},
@@ -219,6 +233,26 @@ class RunConfig:
 
 
 @dataclass
+class WarmupConfig:
+    """Supervised format warm-up before the first RL step (ospo_mlx/train/sft.py)."""
+
+    steps: int = field(
+        default=0,
+        metadata={
+            "help": "SFT updates on '<answer>query + category</answer>' replies before RL, teaching "
+            "the answer format and to stop; 0 = no warm-up."
+        },
+    )
+    batch_size: int = field(default=4, metadata={"help": "Examples per warm-up update."})
+    learning_rate: float = field(
+        default=5e-4, metadata={"help": "Peak warm-up learning rate (cosine decay to 10%)."}
+    )
+    max_tasks: int | None = field(
+        default=None, metadata={"help": "Build examples from the first N training tasks only."}
+    )
+
+
+@dataclass
 class TrainConfig:
     algorithm: Literal["ospo", "grpo"] = field(
         default="ospo",
@@ -234,6 +268,7 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,6 +305,19 @@ def validate(config: TrainConfig) -> TrainConfig:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
+    w = config.warmup
+    if w.steps < 0 or w.batch_size < 1 or w.learning_rate <= 0:
+        raise ConfigError(
+            "warmup: steps must be >= 0, batch_size >= 1 and learning_rate > 0, got "
+            f"{w.steps}, {w.batch_size}, {w.learning_rate}"
+        )
+    if w.max_tasks is not None and w.max_tasks < 1:
+        raise ConfigError(f"warmup.max_tasks: must be at least 1 or null, got {w.max_tasks}")
+    if config.model.adapters is not None and not Path(config.model.adapters).is_dir():
+        raise ConfigError(
+            f"model.adapters: {config.model.adapters} is not a directory; pass an mlx-lm adapter "
+            "directory (adapters.safetensors + adapter_config.json), e.g. runs/NAME/adapters"
+        )
     if o.num_generations < 2:
         raise ConfigError(
             "optim.num_generations: needs at least 2 completions per prompt to compare them"

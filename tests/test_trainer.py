@@ -310,6 +310,24 @@ def test_mlx_lm_loads_our_adapters(tiny_run):
     assert float(mx.abs(adapted - base).max()) > 0  # the trained adapters are applied
 
 
+def test_compiled_and_uncompiled_trainers_agree(tiny_run, repo_root, tmp_path):
+    """optim.compile=true (the Metal/CUDA default) trains the same adapters as the CPU default."""
+    from ospo_mlx.train.policy import use_compile
+    from ospo_mlx.train.trainer import Trainer
+
+    assert use_compile(True) and not use_compile(False)
+    assert use_compile(None) == (mx.default_device().type == mx.DeviceType.gpu)
+    full, _ = tiny_run  # optim.compile unset: auto
+    out = tmp_path / "compiled"
+    trainer = Trainer(tiny_config(repo_root, out, "optim.steps=3", "optim.compile=true"))
+    assert trainer.update.compiled
+    trainer.run()
+    a = mx.load(str(full / "adapters" / "adapters.safetensors"))
+    b = mx.load(str(out / "adapters" / "adapters.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(np.array(b[k]), np.array(a[k]), atol=1e-5)
+
+
 def test_grpo_algorithm_broadcasts_the_sequence_advantage(repo_root, tmp_path):
     from ospo_mlx.train.trainer import Trainer
 
@@ -377,3 +395,50 @@ def test_reused_rollouts_clip_and_kl_against_the_adapter_off_reference(repo_root
     # iteration 1 is on-policy at the reference (B = 0); iterations 2-3 have moved away from both
     assert row["kl"] > 0 and row["clip_ratio/region_mean"] > 0
     assert all(np.isfinite(v) for v in row.values())
+
+
+# ---------------------------------------------------------------------------- warm-up and init adapters
+
+
+def test_warmup_runs_once_before_rl_and_seeds_model_adapters(repo_root, tmp_path):
+    """warmup.steps > 0 trains the format first (RUN/warmup/); model.adapters starts from them."""
+    from ospo_mlx.train.policy import adapter_weights
+    from ospo_mlx.train.trainer import Trainer
+
+    out = tmp_path / "warm"
+    trainer = Trainer(tiny_config(repo_root, out, "optim.steps=2", "warmup.steps=3"))
+    assert not trainer.warmed_up
+    trainer.run(max_steps=1)
+    assert trainer.warmed_up
+    rows = read_jsonl(out / "warmup" / "sft_metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    warm = mx.load(str(out / "warmup" / "adapters.safetensors"))
+    assert all(float(mx.abs(v).max()) > 0 for k, v in warm.items() if k.endswith("lora_b"))
+
+    # Resuming skips the warm-up: the checkpoint already holds its effect.
+    resumed = Trainer(tiny_config(repo_root, out, "optim.steps=2", "warmup.steps=3"), resume=True)
+    assert resumed.warmed_up and resumed.warm_up() is None
+    resumed.run()
+    assert len(read_jsonl(out / "warmup" / "sft_metrics.jsonl")) == 3
+
+    # A new run started from the warm-up adapters holds exactly them before its first step.
+    seeded_config = tiny_config(
+        repo_root, tmp_path / "seeded", "optim.steps=1", f"model.adapters={out / 'warmup'}"
+    )
+    seeded = Trainer(seeded_config)
+    for k, v in adapter_weights(seeded.model).items():
+        np.testing.assert_array_equal(np.array(v), np.array(warm[k]))
+
+
+def test_model_adapters_errors(repo_root, tmp_path):
+    from ospo_mlx.errors import ConfigError
+    from ospo_mlx.train.trainer import Trainer
+
+    with pytest.raises(ConfigError, match=r"model\.adapters: .* is not a directory"):
+        tiny_config(repo_root, tmp_path / "a", f"model.adapters={tmp_path / 'nope'}")
+    with pytest.raises(ConfigError, match="warmup: steps must be >= 0"):
+        tiny_config(repo_root, tmp_path / "a", "warmup.steps=-1")
+    other = tmp_path / "rank2"  # adapters of another LoRA shape are refused, naming the mismatch
+    Trainer(tiny_config(repo_root, other, "optim.steps=1", "lora.rank=2")).run()
+    with pytest.raises(ospo_mlx.errors.OspoError, match=r"lora_a has shape \(64, 2\)"):
+        Trainer(tiny_config(repo_root, tmp_path / "b", f"model.adapters={other / 'adapters'}"))

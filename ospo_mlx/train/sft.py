@@ -34,7 +34,7 @@ from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.safety import load_tensors
 from ospo_mlx.train.batching import Batch, pack_batch
 from ospo_mlx.train.checkpoint import ADAPTER_CONFIG, ADAPTER_FILE, save_adapters
-from ospo_mlx.train.policy import completion_log_probs
+from ospo_mlx.train.policy import completion_log_probs, use_compile
 
 METRICS_FILE = "sft_metrics.jsonl"
 
@@ -185,6 +185,7 @@ def train_sft(
     *,
     pad_id: int = 0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    compile: bool | None = None,
 ) -> list[dict[str, float]]:
     """Train the model's trainable (LoRA) parameters on `examples`; returns one row per step."""
     cfg.validate()
@@ -197,7 +198,6 @@ def train_sft(
     value_and_grad = nn.value_and_grad(model, sft_loss)
     state = [model.state, optimizer.state]
 
-    @partial(mx.compile, inputs=state, outputs=state)
     def step(
         tokens: mx.array, prompt_lens: mx.array, mask: mx.array
     ) -> tuple[mx.array, mx.array, mx.array]:
@@ -208,6 +208,9 @@ def train_sft(
             norm = mx.sqrt(sum(mx.sum(g * g) for _, g in tree_flatten(grad)))
         optimizer.update(model, grad)
         return loss, ntokens, norm
+
+    if use_compile(compile):  # as the RL update: compiled on GPU backends only by default
+        step = partial(mx.compile, inputs=state, outputs=state)(step)
 
     model.train()
     rows = []
@@ -258,22 +261,52 @@ def run_sft(
     """
     from ospo_mlx.data.schema import load_catalog, load_tasks
     from ospo_mlx.models.load import load_model
-    from ospo_mlx.train.policy import adapter_config, adapter_weights, apply_lora
+    from ospo_mlx.train.policy import apply_lora
 
     sft.validate()
-    out = Path(out)
     start = time.perf_counter()
     catalog = load_catalog(config.data.catalog)
-    tasks = load_tasks(config.data.train, catalog)[: sft.max_tasks]
+    tasks = load_tasks(config.data.train, catalog)
     model, tokenizer = load_model(config.model.name)
     apply_lora(model, config.lora, seed=sft.seed)
-    examples = build_examples(tokenizer, tasks, catalog, config.prompt)
+    result = warm_up_model(
+        model, tokenizer, tasks, catalog, config.prompt, sft,
+        out=out, lora=config.lora, on_step=on_step,
+    )  # fmt: skip
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def warm_up_model(
+    model: nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[Task],
+    catalog: Mapping[str, Product],
+    prompt: PromptConfig,
+    sft: SFTConfig,
+    *,
+    out: str | Path | None = None,
+    lora: Any = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    compile: bool | None = None,
+) -> SFTResult:
+    """Warm up a model that already carries its LoRA layers (e.g. a Trainer's), in place.
+
+    With `out` (and the `lora` settings the layers were made with), also writes the warm-up
+    adapters in mlx-lm's format and `sft_metrics.jsonl` there.
+    """
+    from ospo_mlx.train.policy import adapter_config, adapter_weights
+
+    start = time.perf_counter()
+    examples = build_examples(tokenizer, list(tasks)[: sft.max_tasks], catalog, prompt)
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = pad if pad is not None else tokenizer.eos_token_id
-    rows = train_sft(model, examples, sft, pad_id=int(pad), on_step=on_step)
-    save_adapters(out, adapter_weights(model), adapter_config(model, config.lora))
-    (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return SFTResult(out, rows, len(examples), time.perf_counter() - start)
+    rows = train_sft(model, examples, sft, pad_id=int(pad), on_step=on_step, compile=compile)
+    if out is not None:
+        out = Path(out)
+        save_adapters(out, adapter_weights(model), adapter_config(model, lora))
+        (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    return SFTResult(Path(out or ""), rows, len(examples), time.perf_counter() - start)
 
 
 def load_adapter_weights(model: nn.Module, directory: str | Path) -> int:
@@ -299,7 +332,8 @@ def load_adapter_weights(model: nn.Module, directory: str | Path) -> int:
         if value.shape != expected[key].shape:
             raise OspoError(
                 f"{path}: {key} has shape {tuple(value.shape)}, the model expects "
-                f"{tuple(expected[key].shape)}; use the warm-up's lora.rank"
+                f"{tuple(expected[key].shape)}; use the lora settings of "
+                f"{Path(directory) / ADAPTER_CONFIG}"
             )
     model.load_weights(list(weights.items()), strict=False)
     mx.eval(model.parameters())

@@ -43,6 +43,7 @@ from ospo_mlx.train.policy import (
     build_optimizer,
     enable_grad_checkpoint,
     sequence_log_probs,
+    use_compile,
 )
 from ospo_mlx.train.runlog import RunLog
 
@@ -116,6 +117,11 @@ class Trainer:
             dequantize_model(self.model)
             mx.eval(self.model.parameters())
         self.num_trainable = apply_lora(self.model, c.lora, seed=c.run.seed)
+        if c.model.adapters and checkpoint is None:  # a resumed run's checkpoint holds them
+            from ospo_mlx.train.sft import load_adapter_weights
+
+            load_adapter_weights(self.model, c.model.adapters)
+        self.warmed_up = checkpoint is not None or c.warmup.steps == 0
         if c.optim.grad_checkpoint:
             enable_grad_checkpoint(self.model)
         self.prompts = [
@@ -143,7 +149,7 @@ class Trainer:
         self.update = PolicyUpdate(
             self.model, self.optimizer, c.optim,
             temperature=c.sampling.temperature, max_completion_length=c.sampling.max_new_tokens,
-            world=self.world,
+            compile=use_compile(c.optim.compile), world=self.world,
         )  # fmt: skip
         # Only rank 0 writes the run directory.
         self.log = (
@@ -356,6 +362,29 @@ class Trainer:
             self.optimizer, state,
         )  # fmt: skip
 
+    def warm_up(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> Any:
+        """The supervised format warm-up (`warmup.steps` > 0), once, before the first RL step.
+
+        Its adapters and losses go to RUN/warmup/; a resumed run skips it (its checkpoint
+        already holds the warmed-up adapters). Returns the SFTResult, or None when skipped.
+        """
+        if self.warmed_up:
+            return None
+        from ospo_mlx.train.sft import SFTConfig, warm_up_model
+
+        w, c = self.config.warmup, self.config
+        sft = SFTConfig(
+            steps=w.steps, batch_size=w.batch_size, learning_rate=w.learning_rate,
+            max_tasks=w.max_tasks, seed=c.run.seed,
+        )  # fmt: skip
+        result = warm_up_model(
+            self.model, self.tokenizer, self.tasks, self.catalog, c.prompt, sft,
+            out=self.run_dir / "warmup" if self.world.is_main else None, lora=c.lora,
+            on_step=on_step, compile=c.optim.compile,
+        )  # fmt: skip
+        self.warmed_up = True
+        return result
+
     def run(self, max_steps: int | None = None) -> list[dict[str, float]]:
         """Train until `optim.steps` (or `max_steps` more steps); checkpoint on schedule and at the end.
 
@@ -365,6 +394,7 @@ class Trainer:
         total = self.config.optim.steps
         stop = total if max_steps is None else min(total, self.step + max_steps)
         history = []
+        self.warm_up()
         try:
             with GracefulStop() as signals:
                 while self.step < stop:
@@ -420,6 +450,16 @@ def train(
     title = f"ospo train {config.algorithm} · {trainer.run_dir}"
     if trainer.world.distributed:
         title += f" · {trainer.world.size} ranks"
+    if not trainer.warmed_up:
+        steps = config.warmup.steps
+        report = max(1, steps // 10)
+
+        def show(i: int, row: dict[str, float]) -> None:
+            if i == 1 or i % report == 0 or i == steps:
+                print(f"warm-up {i}/{steps}: loss {row['loss']:.4f} ({row['time/step']:.1f}s)")
+
+        result = trainer.warm_up(on_step=show)
+        print(f"warm-up done in {result.seconds:.0f}s: {trainer.run_dir / 'warmup'}")
     with TrainProgress(config.optim.steps, trainer.step, title=title, live=live) as progress:
         trainer.on_step = progress.update
         return trainer.run()

@@ -215,6 +215,10 @@ class RunReader:
         self.warnings.append(message)
         return message
 
+    def _skip(self, name: str, offset: int, reason: str) -> str:
+        self.skipped_lines += 1
+        return self._warn(f"{name} byte {offset}: corrupt line skipped ({reason})")
+
     def poll(self) -> PollResult:
         """Read the lines appended since the last poll; return what is new."""
         warnings: list[str] = []
@@ -223,16 +227,10 @@ class RunReader:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise TypeError("not a JSON object")
-                rec = RolloutRecord.from_dict(row)
+                rec = RolloutRecord.from_dict(_json_object(line))
             except (ValueError, TypeError, KeyError) as exc:
-                self.skipped_lines += 1
                 reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
-                warnings.append(
-                    self._warn(f"{ROLLOUTS} byte {offset}: corrupt line skipped ({reason})")
-                )
+                warnings.append(self._skip(ROLLOUTS, offset, reason))
                 continue
             self.steps.setdefault(rec.step, {}).setdefault(rec.group, {})[rec.member] = rec
             records.append(rec)
@@ -241,16 +239,9 @@ class RunReader:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise TypeError("not a JSON object")
+                row = _json_object(line)
             except (ValueError, TypeError) as exc:
-                self.skipped_lines += 1
-                warnings.append(
-                    self._warn(
-                        f"{METRICS} byte {offset}: corrupt line skipped ({type(exc).__name__})"
-                    )
-                )
+                warnings.append(self._skip(METRICS, offset, type(exc).__name__))
                 continue
             self.metrics.append(row)
             n_metrics += 1
@@ -323,6 +314,14 @@ class RunReader:
         return [
             rec for s in self.step_ids() for g in self.group_ids(s) for rec in self.members(s, g)
         ]
+
+
+def _json_object(line: str) -> dict[str, Any]:
+    """One JSONL line as a dict; ValueError/TypeError for anything else."""
+    row = json.loads(line)
+    if not isinstance(row, dict):
+        raise TypeError("not a JSON object")
+    return row
 
 
 def _ranges(ids: list[int]) -> str:
