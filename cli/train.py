@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from ospo_mlx.config import TrainConfig
 
 
 def train(
@@ -42,7 +46,6 @@ def train(
     from ospo_mlx.config import load_config
     from ospo_mlx.errors import OspoError
     from ospo_mlx.train.interrupt import TrainingInterrupted
-    from ospo_mlx.train.trainer import train as run_train
 
     flags = {
         "optim.steps": steps,
@@ -64,7 +67,7 @@ def train(
             )
     cfg = load_config(config, overrides, **flags)
     try:
-        history = run_train(cfg, resume=resume, live=False if plain else None)
+        history = run_with_progress(cfg, resume=resume, live=False if plain else None)
     except TrainingInterrupted as exc:  # Ctrl-C/SIGTERM: checkpoint written, say how to resume
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(exc.exit_code) from None
@@ -77,6 +80,42 @@ def train(
         f"done: {len(history)} steps, reward {last.get('reward', float('nan')):.4f}, "
         f"adapters in {cfg.run_dir() / 'adapters'}"
     )
+
+
+def run_with_progress(
+    config: TrainConfig, *, resume: bool = False, live: bool | None = None
+) -> list[dict[str, float]]:
+    """Run `ospo train` from a resolved config with the live progress view; returns the metrics rows.
+
+    Under mlx.launch only rank 0 shows progress (and writes the run directory).
+    """
+    from ospo_mlx.errors import OspoError
+    from ospo_mlx.train.trainer import Trainer
+    from ospo_mlx.ui.progress import TrainProgress
+
+    trainer = Trainer(config, resume=resume)
+    if trainer.step >= config.optim.steps:
+        raise OspoError(
+            f"{trainer.run_dir}: already trained {trainer.step} steps; raise --steps to continue"
+        )
+    if not trainer.world.is_main:
+        return trainer.run()
+    title = f"ospo train {config.algorithm} · {trainer.run_dir}"
+    if trainer.world.distributed:
+        title += f" · {trainer.world.size} ranks"
+    if not trainer.warmed_up:
+        steps = config.warmup.steps
+        report = max(1, steps // 10)
+
+        def show(i: int, row: dict[str, float]) -> None:
+            if i == 1 or i % report == 0 or i == steps:
+                typer.echo(f"warm-up {i}/{steps}: loss {row['loss']:.4f} ({row['time/step']:.1f}s)")
+
+        result = trainer.warm_up(on_step=show)
+        typer.echo(f"warm-up done in {result.seconds:.0f}s: {trainer.run_dir / 'warmup'}")
+    with TrainProgress(config.optim.steps, trainer.step, title=title, live=live) as progress:
+        trainer.on_step = progress.update
+        return trainer.run()
 
 
 def register(app: typer.Typer) -> None:

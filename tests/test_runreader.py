@@ -142,3 +142,17 @@ def test_from_dict_defaults_optional_attribution_keys():
     )
     assert rec.segments == [] and rec.owen == [] and rec.algorithm == "ospo"
     assert rec.length == 3  # characters when no tokens were logged
+
+
+def test_warmup_steps_show_in_the_header(tmp_path):
+    from ospo_mlx.ui.renderables import run_header
+
+    run = tmp_path / "w"
+    run.mkdir()
+    (run / "config.yaml").write_text("algorithm: ospo\nwarmup: {steps: 30, batch_size: 4}\n")
+    reader = RunReader(run)
+    assert reader.warmup_steps == 30
+    assert "+30-step SFT warm-up" in run_header(reader).plain
+    (run / "config.yaml").write_text("algorithm: ospo\nwarmup: {steps: 0}\n")
+    assert RunReader(run).warmup_steps == 0
+    assert "warm-up" not in run_header(RunReader(run)).plain

@@ -207,7 +207,8 @@ METRIC_KEYS = {
     "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
     "completions/mean_length", "completions/min_length", "completions/max_length",
     "completions/clipped_ratio", "loss", "grad_norm", "learning_rate", "ndcg@10",
-    "ospo/segments_mean", "ospo/coalitions", "ospo/no_answer_tags",
+    "ospo/segments_mean", "ospo/coalitions", "ospo/no_answer_tags", "ospo/unclosed_answer",
+    "ospo/format_zeroed",
     "time/sample", "time/reward", "time/attribution", "time/update", "time/step",
     "tokens_per_second", "peak_memory_gb",
 }  # fmt: skip

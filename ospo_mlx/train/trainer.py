@@ -429,37 +429,3 @@ class Trainer:
         if not self.world.is_main:
             return None
         return self._save()
-
-
-def train(
-    config: TrainConfig, *, resume: bool = False, live: bool | None = None
-) -> list[dict[str, float]]:
-    """Run `ospo train` from a resolved config with the live progress view; returns the metrics rows.
-
-    Under mlx.launch only rank 0 shows progress (and writes the run directory).
-    """
-    from ospo_mlx.ui.progress import TrainProgress
-
-    trainer = Trainer(config, resume=resume)
-    if trainer.step >= config.optim.steps:
-        raise OspoError(
-            f"{trainer.run_dir}: already trained {trainer.step} steps; raise --steps to continue"
-        )
-    if not trainer.world.is_main:
-        return trainer.run()
-    title = f"ospo train {config.algorithm} · {trainer.run_dir}"
-    if trainer.world.distributed:
-        title += f" · {trainer.world.size} ranks"
-    if not trainer.warmed_up:
-        steps = config.warmup.steps
-        report = max(1, steps // 10)
-
-        def show(i: int, row: dict[str, float]) -> None:
-            if i == 1 or i % report == 0 or i == steps:
-                print(f"warm-up {i}/{steps}: loss {row['loss']:.4f} ({row['time/step']:.1f}s)")
-
-        result = trainer.warm_up(on_step=show)
-        print(f"warm-up done in {result.seconds:.0f}s: {trainer.run_dir / 'warmup'}")
-    with TrainProgress(config.optim.steps, trainer.step, title=title, live=live) as progress:
-        trainer.on_step = progress.update
-        return trainer.run()

@@ -329,6 +329,8 @@ def run_header(reader: RunReader, width: int = 24) -> Text:
     text.append(reader.name, style="bold")
     text.append(f"  {reader.algorithm}", style="cyan")
     text.append(f"  {reader.model}", style="dim")
+    if reader.warmup_steps:
+        text.append(f" +{reader.warmup_steps}-step SFT warm-up", style="dim")
     step = reader.last_step
     text.append(f"  step {step if step is not None else '-'}")
     for key, label in (("reward", "reward"), ("ndcg@10", "ndcg@10")):

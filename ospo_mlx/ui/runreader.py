@@ -283,6 +283,13 @@ class RunReader:
         return str(model or "?")
 
     @property
+    def warmup_steps(self) -> int:
+        """Supervised warm-up updates before RL (0 when the run had none)."""
+        warmup = self.config.get("warmup") if isinstance(self.config, dict) else None
+        steps = warmup.get("steps") if isinstance(warmup, dict) else None
+        return steps if isinstance(steps, int) and steps > 0 else 0
+
+    @property
     def last_step(self) -> int | None:
         steps = [m.get("step") for m in self.metrics if isinstance(m.get("step"), int)]
         steps += list(self.steps)
