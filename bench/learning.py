@@ -166,6 +166,7 @@ def run_config(base: Any, algorithm: str, seed: int, steps: int, out: Path) -> A
     cfg.run.name = f"{algorithm}-seed{seed}"
     cfg.run.out = str(out / cfg.run.name)
     cfg.run.save_every = steps  # adapters once, at the end
+    cfg.warmup.steps = 0  # every run starts from the bench's one shared warm-up instead
     return cfg
 
 
