@@ -303,7 +303,6 @@ class Trainer:
         update = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
         update["grad_norm"] = results[-1]["grad_norm"]
         gen_tokens = int(sum(lengths))
-        answers = self.config.prompt.answer_tags[0]
         metrics = {
             "step": step,
             "reward": float(all_rewards.mean()),
@@ -318,7 +317,7 @@ class Trainer:
             "ndcg@10": float(np.nan_to_num(ndcg).mean()),
             "ospo/segments_mean": float(np.mean([len(s) for s in attr.segments])) if attr else 0.0,
             "ospo/coalitions": float(attr.evaluated) if attr else 0.0,
-            "ospo/no_answer_tags": float(sum(answers not in t for t in texts)),
+            "ospo/no_answer_tags": float(status.count("missing_tags")),
             "ospo/unclosed_answer": float(status.count("unclosed")),
             "ospo/format_zeroed": float(zeroed.sum()),
             "ospo/no_segments": float(no_segments),
