@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import ospo_mlx  # noqa: F401  (BLAS before mlx)
@@ -91,11 +91,17 @@ def test_token_weights_batch_parity(b, seed, floor):
     st.integers(0, 2**32 - 1),
     st.sampled_from(["group", "batch", "none"]),
 )
+@example(groups=1, group_size=2, seed=2952, scale="group")  # near-equal pair: found by CI
 def test_grpo_advantages_parity(groups, group_size, seed, scale):
     rewards = np.random.default_rng(seed).random(groups * group_size).astype(np.float32)
     out = mlx_ops.grpo_advantages(mx.array(rewards), group_size, scale)
     ref = credit.grpo_advantages(rewards, group_size, scale)
-    np.testing.assert_allclose(np.array(out), ref, atol=ATOL, rtol=1e-5)
+    # float32 rounding of R (~eps32 * |R|) is amplified by 1 / (std + eps): near-equal rewards
+    # in a group make the float64 reference and the float32 twin differ by more than 1e-5.
+    raw = credit.grpo_advantages(rewards, group_size, "none")
+    divisor = np.where(ref != 0, np.abs(raw) / np.maximum(np.abs(ref), 1e-30), 1.0)
+    amplified = 8 * np.finfo(np.float32).eps * np.abs(rewards).max() / divisor.min()
+    np.testing.assert_allclose(np.array(out), ref, atol=ATOL + amplified, rtol=1e-5)
 
 
 @SETTINGS
