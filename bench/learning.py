@@ -268,6 +268,11 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--config", default="configs/demo.yaml", help="base training config")
     parser.add_argument("--model", default=None, help="model override (e.g. tiny)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    parser.add_argument(
+        "--algorithms",
+        default=",".join(ALGORITHMS),
+        help="which to train (finished runs of the others under --out are still reported)",
+    )
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3)")
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 40)")
     parser.add_argument("--budgets", default=None, help="step budgets, e.g. 10,20,40")
@@ -301,6 +306,9 @@ def parse_args(argv: list[str] | None = None) -> Any:
         args.budgets = default_budgets(args.steps)
     if any(b < 1 or b > args.steps for b in args.budgets):
         parser.error(f"--budgets must lie in 1..{args.steps}")
+    args.algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    if not args.algorithms or set(args.algorithms) - set(ALGORITHMS):
+        parser.error(f"--algorithms takes a comma-separated subset of {','.join(ALGORITHMS)}")
     if args.seeds < 1 or args.steps < 1 or args.window < 1:
         parser.error("--seeds, --steps and --window must be at least 1")
     return args
@@ -338,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs.append(json.loads(done.read_text(encoding="utf-8")))
                 log(f"{cfg.run.name}: reusing {done}")
                 continue
-            if args.report_only:
+            if args.report_only or algorithm not in args.algorithms:
                 continue
             result, got = train_one(cfg, sft_dir, test_tasks, start_eval=start is None)
             if got is not None:

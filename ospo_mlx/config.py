@@ -148,6 +148,13 @@ class AttributionConfig:
     floor: float = field(
         default=0.0, metadata={"help": "Weight of tokens outside every segment (0..1)."}
     )
+    format_tokens: Literal["sequence", "floor"] = field(
+        default="floor",
+        metadata={
+            "help": "Tokens outside every segment (answer tags, reasoning, EOS): sequence keeps "
+            "their GRPO advantage A; floor gives them the `floor` weight in the split."
+        },
+    )
     max_segments: int | None = field(
         default=None, metadata={"help": "Merge adjacent segments down to this many; null = no cap."}
     )

@@ -126,6 +126,14 @@ def test_token_advantages_parity(b, t, seed, mode, clip):
     )
     ref = credit.ospo_token_advantages(adv, weights, mask, mode, rewards, 0.3, clip)
     np.testing.assert_allclose(np.array(out), ref, atol=ATOL, rtol=1e-5)
+    # format tokens (outside segments) keeping the sequence advantage
+    seg = rng.random((b, t)) < 0.6
+    out = mlx_ops.ospo_token_advantages(
+        mx.array(adv), mx.array(weights), mx.array(mask), mode, mx.array(rewards), 0.3, clip,
+        in_segments=mx.array(seg),
+    )  # fmt: skip
+    ref = credit.ospo_token_advantages(adv, weights, mask, mode, rewards, 0.3, clip, seg)
+    np.testing.assert_allclose(np.array(out), ref, atol=ATOL, rtol=1e-5)
 
 
 def test_average_ranks_match_reference():

@@ -12,6 +12,7 @@ from ospo_mlx.attribution.credit import (
     grpo_advantages,
     normalize_values,
     ospo_token_advantages,
+    segment_token_mask,
     token_weights,
 )
 from ospo_mlx.errors import ConfigError
@@ -205,3 +206,50 @@ def test_empty_rows_and_validation():
     assert CreditConfig().validate().mode == "prop"
     with pytest.raises(ConfigError):
         CreditConfig(floor=-1).validate()
+
+
+# ---- format tokens keep the sequence advantage (in_segments) ------------------------------
+
+
+@SETTINGS
+@given(batches(), st.sampled_from(MODES), st.integers(0, 2**32 - 1))
+def test_tokens_outside_segments_keep_the_sequence_advantage(batch, mode, seed):
+    adv, weights, mask, rewards = batch
+    seg = np.random.default_rng(seed).random(mask.shape) < 0.6
+    out = ospo_token_advantages(adv, weights, mask, mode, rewards=rewards, in_segments=seg)
+    outside = mask & ~seg
+    np.testing.assert_array_equal(out[outside], np.broadcast_to(adv[:, None], mask.shape)[outside])
+    assert (out[~mask] == 0).all()
+    np.testing.assert_allclose(
+        out.sum(1) / np.maximum(mask.sum(1), 1), np.where(mask.any(1), adv, 0), atol=1e-10
+    )
+    # Segment tokens get exactly the split the plain function makes over segment tokens alone.
+    inner = ospo_token_advantages(adv, weights, mask & seg, mode, rewards=rewards)
+    np.testing.assert_allclose(np.where(mask & seg, out, 0.0), inner, atol=1e-12)
+    # Every token in a segment: the same as without the mask; none: GRPO.
+    np.testing.assert_allclose(
+        ospo_token_advantages(
+            adv, weights, mask, mode, rewards=rewards, in_segments=np.ones_like(mask)
+        ),
+        ospo_token_advantages(adv, weights, mask, mode, rewards=rewards),
+        atol=1e-12,
+    )
+    np.testing.assert_allclose(
+        ospo_token_advantages(
+            adv, weights, mask, mode, rewards=rewards, in_segments=np.zeros_like(mask)
+        ),
+        np.where(mask, adv[:, None], 0.0),
+        atol=1e-12,
+    )
+
+
+def test_segment_token_mask_marks_the_tokens_weighted_by_segments():
+    text = "<answer>red shoes, size 9</answer>"
+    spans = [(8, 17), (19, 25)]
+    offsets = [(0, 8), (8, 12), (12, 17), (17, 18), (18, 25), (25, 34), (34, 34)]
+    mask = segment_token_mask(spans, offsets)
+    np.testing.assert_array_equal(mask, [False, True, True, False, True, False, False])
+    w = token_weights(spans, offsets, np.array([1.0, 0.0]), floor=0.25)
+    np.testing.assert_array_equal(w[~mask], 0.25)  # exactly the floor tokens
+    assert text[8:17] == "red shoes" and text[19:25] == "size 9"
+    assert not segment_token_mask([], offsets).any()

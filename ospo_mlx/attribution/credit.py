@@ -84,6 +84,26 @@ def normalize_values(phi: np.ndarray) -> np.ndarray:
     return (phi - lo) / (hi - lo)
 
 
+def _token_segment_overlap(spans: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, n) characters token t shares with segment j; (T, n) zero-width token inside segment j."""
+    a, b = offsets[:, :1], offsets[:, 1:]
+    s, e = spans[None, :, 0], spans[None, :, 1]
+    overlap = np.clip(np.minimum(b, e) - np.maximum(a, s), 0, None).astype(np.float64)
+    return overlap, (a == b) & (s < a) & (a < e)
+
+
+def segment_token_mask(
+    spans: Sequence[tuple[int, int]], token_offsets: np.ndarray | Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """(T,) bool: the tokens `token_weights` takes from segments (all others get `floor`)."""
+    spans_a = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    offsets = np.asarray(token_offsets, dtype=np.int64).reshape(-1, 2)
+    if len(spans_a) == 0 or len(offsets) == 0:
+        return np.zeros(len(offsets), dtype=bool)
+    overlap, inside = _token_segment_overlap(spans_a, offsets)
+    return (overlap.sum(1) > 0) | inside.any(1)
+
+
 def token_weights(
     spans: Sequence[tuple[int, int]],
     token_offsets: np.ndarray | Sequence[tuple[int, int]],
@@ -110,11 +130,8 @@ def token_weights(
     if len(spans_a) == 0 or len(offsets) == 0:
         return weights
     norm = normalize_values(phi)
-    a, b = offsets[:, :1], offsets[:, 1:]
-    s, e = spans_a[None, :, 0], spans_a[None, :, 1]
-    overlap = np.clip(np.minimum(b, e) - np.maximum(a, s), 0, None).astype(np.float64)
+    overlap, inside = _token_segment_overlap(spans_a, offsets)
     total = overlap.sum(1)
-    inside = (a == b) & (s < a) & (a < e)
     # Fractions first: a token inside one segment gets exactly its value (rank mode needs ties).
     frac = overlap / np.maximum(total, 1)[:, None]
     weights = np.where(total > 0, frac @ norm, weights)
@@ -163,6 +180,7 @@ def ospo_token_advantages(
     rewards: np.ndarray | None = None,
     alpha: float = 0.5,
     clip: float | None = None,
+    in_segments: np.ndarray | None = None,
 ) -> np.ndarray:
     """Token advantages `(B, T)`: each completion's advantage spread over its valid tokens.
 
@@ -174,9 +192,20 @@ def ospo_token_advantages(
     zero every token and drop its advantage) or whose weights sum to 0 falls back to uniform.
     `clip` bounds A_t to +/- clip * std(seq_adv) (population std over the batch; skipped when
     that std is 0); clipping can move the token mean. Masked positions get 0.
+
+    `in_segments (B, T)`: when given, only those tokens share the redistributed advantage and
+    every other valid token keeps A_hat exactly, as in GRPO: the answer tags, reasoning and EOS
+    belong to no segment, so no segment value can say whether they earned the reward. The
+    token mean stays A_hat.
     """
     _check_mode(mode, alpha, clip)
     adv = np.asarray(seq_adv, dtype=np.float64).reshape(-1)
+    if in_segments is not None:
+        valid = np.asarray(mask, dtype=bool)
+        seg = valid & np.asarray(in_segments, dtype=bool)
+        out = ospo_token_advantages(adv, weights, seg, mode, rewards, alpha, None)
+        out = np.where(valid & ~seg, adv[:, None], out)
+        return _clip_advantages(out, adv, clip, valid)
     w = np.asarray(weights, dtype=np.float64)
     valid = np.asarray(mask, dtype=bool)
     if w.shape != valid.shape or w.ndim != 2 or w.shape[0] != len(adv):
@@ -200,7 +229,12 @@ def ospo_token_advantages(
         if mode == "hybrid":
             p = alpha * p + (1.0 - alpha) * uniform
     p = np.where(fallback[:, None], uniform, p)
-    out = n_valid[:, None] * p * adv[:, None]
+    return _clip_advantages(n_valid[:, None] * p * adv[:, None], adv, clip, valid)
+
+
+def _clip_advantages(
+    out: np.ndarray, adv: np.ndarray, clip: float | None, valid: np.ndarray
+) -> np.ndarray:
     if clip is not None:
         bound = clip * adv.std()
         if bound > 0:

@@ -195,10 +195,17 @@ def ospo_token_advantages(
     rewards: mx.array | None = None,
     alpha: float = 0.5,
     clip: float | None = None,
+    in_segments: mx.array | None = None,
 ) -> mx.array:
-    """MLX twin of `credit.ospo_token_advantages` (same modes, fallback and clipping)."""
+    """MLX twin of `credit.ospo_token_advantages` (same modes, fallback, clipping, in_segments)."""
     _check_mode(mode, alpha, clip)
     adv = seq_adv.astype(mx.float32).reshape(-1)
+    if in_segments is not None:
+        valid = mask.astype(mx.bool_)
+        seg = valid & in_segments.astype(mx.bool_)
+        out = ospo_token_advantages(adv, weights, seg, mode, rewards, alpha, None)
+        out = mx.where(valid & ~seg, adv[:, None], out)
+        return _clip_advantages(out, adv, clip, valid)
     valid = mask.astype(mx.bool_)
     w = mx.where(valid, weights.astype(mx.float32), 0.0)
     n_valid = valid.sum(1).astype(mx.float32)
@@ -217,7 +224,10 @@ def ospo_token_advantages(
         if mode == "hybrid":
             p = alpha * p + (1.0 - alpha) * uniform
     p = mx.where(fallback[:, None], uniform, p)
-    out = n_valid[:, None] * p * adv[:, None]
+    return _clip_advantages(n_valid[:, None] * p * adv[:, None], adv, clip, valid)
+
+
+def _clip_advantages(out: mx.array, adv: mx.array, clip: float | None, valid: mx.array) -> mx.array:
     if clip is not None:
         bound = clip * mx.sqrt(mx.var(adv))
         out = mx.where(bound > 0, mx.clip(out, -bound, bound), out)

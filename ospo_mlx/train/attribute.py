@@ -26,6 +26,7 @@ class Attribution:
     values: list[np.ndarray]
     owen: list[np.ndarray]
     weights: list[np.ndarray]
+    in_segments: list[np.ndarray]  # (T_i,) bool: tokens that overlap a segment
     evaluated: int = 0
 
 
@@ -64,11 +65,12 @@ def attribute(
         )
         for i, v in zip(todo, got, strict=True):
             values[i] = np.asarray(v, dtype=np.float64)
-    owen, weights = [], []
+    owen, weights, in_segments = [], [], []
     for i, s in enumerate(spans):
         phi = owen_contiguous(masks[i], values[i]) if len(masks[i]) else np.ones(len(s))
         owen.append(np.asarray(phi, dtype=np.float64))
-        weights.append(credit.token_weights(s, np.asarray(offsets[i]).reshape(-1, 2), phi, a.floor))
-    return Attribution(
-        spans, masks, values, owen, weights, evaluated=sum(len(masks[i]) for i in todo)
-    )
+        token_spans = np.asarray(offsets[i]).reshape(-1, 2)
+        weights.append(credit.token_weights(s, token_spans, phi, a.floor))
+        in_segments.append(credit.segment_token_mask(s, token_spans))
+    evaluated = sum(len(masks[i]) for i in todo)
+    return Attribution(spans, masks, values, owen, weights, in_segments, evaluated=evaluated)

@@ -32,8 +32,13 @@ def token_advantages(
     lengths: list[int],
     rewards: np.ndarray,
     cfg: Any,
+    in_segments: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """(B, T) token advantages: GRPO's broadcast or OSPO's attribution-weighted split."""
+    """(B, T) token advantages: GRPO's broadcast or OSPO's attribution-weighted split.
+
+    With `cfg.format_tokens == "sequence"`, tokens outside `in_segments` keep the sequence
+    advantage and only segment tokens share it by credit.
+    """
     width = max(max(lengths, default=1), 1)
     mask = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
     if algorithm == "grpo":
@@ -41,9 +46,15 @@ def token_advantages(
     w = np.zeros(mask.shape)
     for i, row in enumerate(weights):
         w[i, : len(row)] = row[:width]
+    seg = None
+    if getattr(cfg, "format_tokens", "floor") == "sequence" and in_segments is not None:
+        seg = np.zeros(mask.shape, dtype=bool)
+        for i, row in enumerate(in_segments):
+            seg[i, : len(row)] = row[:width]
     return credit.ospo_token_advantages(
-        seq_adv, w, mask, mode=cfg.advantage_mode, rewards=rewards, alpha=cfg.alpha, clip=cfg.clip
-    )
+        seq_adv, w, mask, mode=cfg.advantage_mode, rewards=rewards, alpha=cfg.alpha,
+        clip=cfg.clip, in_segments=seg,
+    )  # fmt: skip
 
 
 def fallback_weights(

@@ -272,7 +272,10 @@ class Trainer:
             if attr
             else ([np.ones(n) for n in lengths], 0)
         )
-        token_adv = token_advantages(c.algorithm, seq_adv, weights, lengths, rewards, c.attribution)
+        token_adv = token_advantages(
+            c.algorithm, seq_adv, weights, lengths, rewards, c.attribution,
+            in_segments=attr.in_segments if attr else None,
+        )  # fmt: skip
         t_attr = time.perf_counter()
 
         prompt_rows = [p for p in prompts for _ in range(g)]
