@@ -37,6 +37,7 @@ def doctor(
     )
     for name, where in report.assets.items():
         table.add_row(name, where)
+    table.add_row("training on this device", report.training_defaults)
     console = Console()
     console.print(table)
     if report.backend == "cpu" and report.blas_status not in {"loaded", "not-linux"}:

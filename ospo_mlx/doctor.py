@@ -24,6 +24,7 @@ class DoctorReport:
     matmul_gflops: float
     matmul_n: int
     assets: dict[str, str]
+    training_defaults: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +57,16 @@ def measure_matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
+def training_defaults() -> str:
+    """What `model.dequantize: null` and `optim.compile: null` resolve to on this device."""
+    from ospo_mlx.train.policy import use_compile
+    from ospo_mlx.train.trainer import should_dequantize
+
+    weights = "float weights" if should_dequantize(None) else "quantized weights kept"
+    update = "compiled update" if use_compile(None) else "uncompiled update"
+    return f"{weights}, {update}"
+
+
 def run_doctor(matmul_n: int = 1024) -> DoctorReport:
     import mlx.core as mx
 
@@ -74,4 +85,5 @@ def run_doctor(matmul_n: int = 1024) -> DoctorReport:
         matmul_gflops=measure_matmul_gflops(matmul_n),
         matmul_n=matmul_n,
         assets=asset_status(),
+        training_defaults=training_defaults(),
     )
