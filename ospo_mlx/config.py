@@ -149,10 +149,11 @@ class AttributionConfig:
         default=0.0, metadata={"help": "Weight of tokens outside every segment (0..1)."}
     )
     format_tokens: Literal["sequence", "floor"] = field(
-        default="floor",
+        default="sequence",
         metadata={
             "help": "Tokens outside every segment (answer tags, reasoning, EOS): sequence keeps "
-            "their GRPO advantage A; floor gives them the `floor` weight in the split."
+            "their GRPO advantage A; floor gives them the `floor` weight in the split (the "
+            "paper's form: with floor 0 closing the answer is never reinforced)."
         },
     )
     max_segments: int | None = field(

@@ -445,21 +445,22 @@ def test_model_adapters_errors(repo_root, tmp_path):
         Trainer(tiny_config(repo_root, tmp_path / "b", f"model.adapters={other / 'adapters'}"))
 
 
-def test_format_tokens_keep_the_sequence_advantage_end_to_end(repo_root, tmp_path):
-    """attribution.format_tokens=sequence: tokens outside every segment get exactly A."""
+@pytest.mark.parametrize("mode", ["sequence", "floor"])
+def test_format_tokens_end_to_end(repo_root, tmp_path, mode):
+    """sequence (default): tokens outside every segment get exactly A; floor (0): they get 0."""
     from ospo_mlx.attribution.credit import segment_token_mask
     from ospo_mlx.train.trainer import Trainer
 
-    out = tmp_path / "fmt"
-    cfg = tiny_config(repo_root, out, "optim.steps=2", "attribution.format_tokens=sequence")
-    Trainer(cfg).run()
+    out = tmp_path / mode
+    Trainer(tiny_config(repo_root, out, "optim.steps=2", f"attribution.format_tokens={mode}")).run()
     checked = 0
     for row in read_jsonl(out / "rollouts.jsonl"):
-        if row["advantage"] == 0.0:
-            continue
+        if row["advantage"] == 0.0 or row["reward"] == 0.0 or not row["segments"]:
+            continue  # no split to make: GRPO's uniform advantage
         inside = segment_token_mask(row["segments"], row["token_offsets"])
         adv = np.asarray(row["token_advantages"])
-        np.testing.assert_allclose(adv[~inside], row["advantage"], atol=1e-12)
+        expected = row["advantage"] if mode == "sequence" else 0.0
+        np.testing.assert_allclose(adv[~inside], expected, atol=1e-12)
         assert np.mean(adv) == pytest.approx(row["advantage"], abs=1e-6)
         checked += int((~inside).any())
     assert checked > 0  # some completion had tokens outside its segments
