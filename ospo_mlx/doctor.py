@@ -58,13 +58,12 @@ def measure_matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
 
 
 def training_defaults() -> str:
-    """What `model.dequantize: null` and `optim.compile: null` resolve to on this device."""
-    from ospo_mlx.train.policy import use_compile
+    """What `model.dequantize: null` resolves to on this device (see should_dequantize)."""
     from ospo_mlx.train.trainer import should_dequantize
 
-    weights = "float weights" if should_dequantize(None) else "quantized weights kept"
-    update = "compiled update" if use_compile(None) else "uncompiled update"
-    return f"{weights}, {update}"
+    if should_dequantize(None):
+        return "float weights (MLX's CPU quantized matmuls are slow)"
+    return "quantized weights kept"
 
 
 def run_doctor(matmul_n: int = 1024) -> DoctorReport:

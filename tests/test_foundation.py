@@ -57,12 +57,8 @@ def test_doctor_json_reports_backend_blas_and_speed():
     assert report["blas_status"] in {"loaded", "off", "not-linux", "not-found", "failed"}
     assert report["matmul_gflops"] > 0
     assert set(report["assets"]) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
-    expected = {  # what model.dequantize / optim.compile = null resolve to per backend
-        "cpu": "float weights, uncompiled update",
-        "metal": "quantized weights kept, compiled update",
-        "cuda": "quantized weights kept, compiled update",
-    }
-    assert report["training_defaults"] == expected[report["backend"]]
+    expected = "float weights" if report["backend"] == "cpu" else "quantized weights kept"
+    assert report["training_defaults"].startswith(expected)  # model.dequantize: null
 
 
 def test_embedded_assets_are_found_without_importing_their_packages():

@@ -179,17 +179,6 @@ class UpdateResult:
     tokens: int  # completion tokens processed
 
 
-def use_compile(setting: bool | None) -> bool:
-    """Whether to mx.compile the update: `setting`, or for None, only on a GPU backend.
-
-    On the CPU backend the fused kernels (log-softmax and entropy over the vocabulary) ran
-    slower than MLX's own vectorized ones in bench/update.py.
-    """
-    if setting is not None:
-        return bool(setting)
-    return mx.default_device().type == mx.DeviceType.gpu
-
-
 class PolicyUpdate:
     """One optimizer update of the LoRA parameters: loss, gradient and AdamW step, compiled.
 

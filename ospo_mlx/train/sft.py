@@ -34,7 +34,7 @@ from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.safety import load_tensors
 from ospo_mlx.train.batching import Batch, pack_batch
 from ospo_mlx.train.checkpoint import ADAPTER_CONFIG, ADAPTER_FILE, save_adapters
-from ospo_mlx.train.policy import completion_log_probs, use_compile
+from ospo_mlx.train.policy import completion_log_probs
 
 METRICS_FILE = "sft_metrics.jsonl"
 
@@ -185,7 +185,7 @@ def train_sft(
     *,
     pad_id: int = 0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
-    compile: bool | None = None,
+    compile: bool = True,
 ) -> list[dict[str, float]]:
     """Train the model's trainable (LoRA) parameters on `examples`; returns one row per step."""
     cfg.validate()
@@ -209,7 +209,7 @@ def train_sft(
         optimizer.update(model, grad)
         return loss, ntokens, norm
 
-    if use_compile(compile):  # as the RL update: compiled on GPU backends only by default
+    if compile:  # the mlx-lm pattern, as the RL update
         step = partial(mx.compile, inputs=state, outputs=state)(step)
 
     model.train()
@@ -288,7 +288,7 @@ def warm_up_model(
     out: str | Path | None = None,
     lora: Any = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
-    compile: bool | None = None,
+    compile: bool = True,
 ) -> SFTResult:
     """Warm up a model that already carries its LoRA layers (e.g. a Trainer's), in place.
 

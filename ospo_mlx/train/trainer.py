@@ -43,7 +43,6 @@ from ospo_mlx.train.policy import (
     build_optimizer,
     enable_grad_checkpoint,
     sequence_log_probs,
-    use_compile,
 )
 from ospo_mlx.train.runlog import RunLog
 
@@ -149,7 +148,7 @@ class Trainer:
         self.update = PolicyUpdate(
             self.model, self.optimizer, c.optim,
             temperature=c.sampling.temperature, max_completion_length=c.sampling.max_new_tokens,
-            compile=use_compile(c.optim.compile), world=self.world,
+            compile=c.optim.compile, world=self.world,
         )  # fmt: skip
         # Only rank 0 writes the run directory.
         self.log = (
