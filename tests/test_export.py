@@ -433,6 +433,23 @@ def test_checkpoint_pointer_cannot_escape_run(tiny, tmp_path):
     assert resolve_source(run=run, model="x").adapter_dir == ckpt
 
 
+def test_adapters_inside_a_run_take_the_runs_config(tiny, tmp_path):
+    """--adapters RUN/warmup or RUN/checkpoints/step_N: the base model comes from RUN/config.yaml."""
+    run = tmp_path / "run"
+    for sub in ("warmup", "checkpoints/step_000002"):
+        (run / sub).mkdir(parents=True)
+        for name in ("adapters.safetensors", "adapter_config.json"):
+            (run / sub / name).write_bytes((tiny["adapters"] / name).read_bytes())
+    (run / "config.yaml").write_text("model:\n  name: some/base-model\n")
+    with pytest.raises(OspoError, match="pass --model"):  # not a run yet: no metrics.jsonl
+        resolve_source(adapters=run / "warmup")
+    (run / "metrics.jsonl").write_text("")
+    for sub in ("warmup", "checkpoints/step_000002"):
+        source = resolve_source(adapters=run / sub)
+        assert source.base_model == "some/base-model" and source.adapter_dir == run / sub
+    assert resolve_source(adapters=run / "warmup", model="x").base_model == "x"
+
+
 def test_bad_inputs_are_user_errors(tiny, tmp_path):
     with pytest.raises(OspoError, match="exactly one"):
         resolve_source()

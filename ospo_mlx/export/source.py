@@ -199,6 +199,11 @@ def resolve_source(
             raise DataError(
                 f"{adapter_dir / ADAPTER_FILE} not found; --adapters takes an mlx-lm adapter directory"
             )
+        # Adapters inside a run (RUN/warmup, RUN/checkpoints/step_N): that run's config applies.
+        for parent in (adapter_dir.parent, adapter_dir.parent.parent):
+            if (parent / "config.yaml").is_file() and (parent / "metrics.jsonl").is_file():
+                train_config = _read_yaml(parent / "config.yaml")
+                break
     config = read_adapter_config(adapter_dir)
     base = model or model_from_config(train_config) or config.get("model")
     if not base:
