@@ -91,9 +91,8 @@ def main() -> None:
     from mlx_lm.utils import dequantize_model
 
     from ospo_mlx.config import LoraConfig
-    from ospo_mlx.models.load import load_model
+    from ospo_mlx.models.load import load_model, should_dequantize
     from ospo_mlx.train.policy import apply_lora
-    from ospo_mlx.train.trainer import should_dequantize
 
     parser = bench_parser(__doc__, quick_help="tiny random model, 4 x 64 tokens")
     parser.add_argument("--model", default=None, help="model name/path (default: embedded SmolLM2)")

@@ -59,7 +59,7 @@ def measure_matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
 
 def training_defaults() -> str:
     """What `model.dequantize: null` resolves to on this device (see should_dequantize)."""
-    from ospo_mlx.train.trainer import should_dequantize
+    from ospo_mlx.models.load import should_dequantize
 
     if should_dequantize(None):
         return "float weights (MLX's CPU quantized matmuls are slow)"

@@ -175,8 +175,11 @@ def _system_from_responses(
 ) -> SystemOutput:
     """Scored answers by the run's own rule (`reward.missing_tags`, `reward.unclosed_answer`)."""
     from ospo_mlx.attribution.segment import scored_answer
+    from ospo_mlx.reward.retrieval import RewardConfig
 
-    missing, unclosed = reward.get("missing_tags", "whole"), reward.get("unclosed_answer", "keep")
+    defaults = RewardConfig()
+    missing = reward.get("missing_tags", defaults.missing_tags)
+    unclosed = reward.get("unclosed_answer", defaults.unclosed_answer)
     scored = [scored_answer(t, tags, missing, unclosed) for t in texts]
     formatted = [status == "ok" for _, status in scored]
     return SystemOutput(name, texts, [a for a, _ in scored], lengths, formatted)

@@ -170,7 +170,7 @@ def test_grpo_token_advantages_broadcast_and_ospo_uniform_equals_grpo():
     from ospo_mlx.attribution import credit
 
     class Cfg:
-        advantage_mode, alpha, clip = "prop", 0.5, None
+        advantage_mode, alpha, clip, format_tokens = "prop", 0.5, None, "floor"
 
     seq = np.array([1.5, -0.5, 0.0])
     lengths = [3, 1, 2]

@@ -32,6 +32,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
+def should_dequantize(setting: bool | None) -> bool:
+    """Explicit setting, else dequantize on CPU only: MLX's CPU quantized matmuls do not use BLAS."""
+    return setting if setting is not None else mx.default_device() == mx.cpu
+
+
 def cache_dir() -> Path:
     """Where converted models are cached: $OSPO_CACHE/models or ~/.cache/ospo/models."""
     root = os.environ.get("OSPO_CACHE")

@@ -47,7 +47,7 @@ def token_advantages(
     for i, row in enumerate(weights):
         w[i, : len(row)] = row[:width]
     seg = None
-    if getattr(cfg, "format_tokens", "floor") == "sequence" and in_segments is not None:
+    if cfg.format_tokens == "sequence" and in_segments is not None:
         seg = np.zeros(mask.shape, dtype=bool)
         for i, row in enumerate(in_segments):
             seg[i, : len(row)] = row[:width]

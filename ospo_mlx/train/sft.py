@@ -28,6 +28,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
+from ospo_mlx.config import WarmupConfig
 from ospo_mlx.data.prompts import PromptConfig, encode_prompt
 from ospo_mlx.data.schema import Product, Task
 from ospo_mlx.errors import ConfigError, OspoError
@@ -40,19 +41,12 @@ METRICS_FILE = "sft_metrics.jsonl"
 
 
 @dataclass
-class SFTConfig:
-    """Options of the supervised warm-up."""
+class SFTConfig(WarmupConfig):
+    """Options of the supervised warm-up: the config's `warmup` section plus library knobs."""
 
     steps: int = field(default=30, metadata={"help": "Supervised optimizer updates."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per update."})
-    learning_rate: float = field(
-        default=2e-4, metadata={"help": "Peak AdamW learning rate (cosine decay to 10%)."}
-    )
     max_grad_norm: float | None = field(
         default=1.0, metadata={"help": "Clip the global gradient norm; null = off."}
-    )
-    max_tasks: int | None = field(
-        default=None, metadata={"help": "Build examples from the first N training tasks only."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the LoRA init and example order."})
 
@@ -241,7 +235,7 @@ def train_sft(
 
 @dataclass
 class SFTResult:
-    adapter_dir: Path
+    adapter_dir: Path | None  # None when the adapters were not written
     metrics: list[dict[str, float]]
     examples: int
     seconds: float
@@ -306,7 +300,7 @@ def warm_up_model(
         out = Path(out)
         save_adapters(out, adapter_weights(model), adapter_config(model, lora))
         (out / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
-    return SFTResult(Path(out or ""), rows, len(examples), time.perf_counter() - start)
+    return SFTResult(out, rows, len(examples), time.perf_counter() - start)
 
 
 def load_adapter_weights(model: nn.Module, directory: str | Path) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +65,6 @@ class StepRecord:
     rollouts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def should_dequantize(setting: bool | None) -> bool:
-    """Explicit setting, else dequantize on CPU only: MLX's CPU quantized matmuls do not use BLAS."""
-    return setting if setting is not None else mx.default_device() == mx.cpu
-
-
 class Trainer:
     """Holds the model, optimizer, data cursor and run directory; `run()` trains to the end."""
 
@@ -82,7 +77,7 @@ class Trainer:
         world: dist.World | None = None,
     ) -> None:
         from ospo_mlx.data.prompts import encode_prompt
-        from ospo_mlx.models.load import load_model
+        from ospo_mlx.models.load import load_model, should_dequantize
         from ospo_mlx.reward import build_reward
 
         self.config, self.on_step = config, on_step
@@ -374,10 +369,7 @@ class Trainer:
         from ospo_mlx.train.sft import SFTConfig, warm_up_model
 
         w, c = self.config.warmup, self.config
-        sft = SFTConfig(
-            steps=w.steps, batch_size=w.batch_size, learning_rate=w.learning_rate,
-            max_tasks=w.max_tasks, seed=c.run.seed,
-        )  # fmt: skip
+        sft = SFTConfig(**asdict(w), seed=c.run.seed)
         result = warm_up_model(
             self.model, self.tokenizer, self.tasks, self.catalog, c.prompt, sft,
             out=self.run_dir / "warmup" if self.world.is_main else None, lora=c.lora,
