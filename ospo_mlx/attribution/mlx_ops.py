@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import mlx.core as mx
 import numpy as np
 
+from ospo_mlx.attribution.config import NEGATIVE_RULES, NORMALIZATIONS
 from ospo_mlx.attribution.credit import ZERO_REWARD, _check_floor, _check_mode, _check_scale
+from ospo_mlx.errors import ConfigError
 
 
 def pack_ragged(
@@ -105,16 +107,35 @@ def owen_contiguous_batch(
     return phi
 
 
-def normalize_values_batch(phi: mx.array, valid: mx.array) -> mx.array:
-    """Per-row min-max scaling to [0, 1] over valid entries; constant rows become ones."""
+def normalize_values_batch(
+    phi: mx.array, valid: mx.array, method: str = "zero", temperature: float = 0.05
+) -> mx.array:
+    """Per-row `credit.normalize_values` over valid entries (zero, minmax or softmax)."""
+    if method not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {method!r}; use one of {', '.join(NORMALIZATIONS)}")
     valid = valid.astype(mx.bool_)
     phi = phi.astype(mx.float32)
-    lo = mx.min(mx.where(valid, phi, mx.inf), axis=-1, keepdims=True)
     hi = mx.max(mx.where(valid, phi, -mx.inf), axis=-1, keepdims=True)
-    spread = hi - lo
-    flat = spread <= 1e-12 * mx.maximum(1.0, mx.abs(hi))
-    norm = mx.where(flat, 1.0, (phi - lo) / mx.where(flat, 1.0, spread))
+    if method == "softmax":
+        norm = mx.exp((phi - hi) / temperature)
+    elif method == "zero":
+        pos = hi > 1e-12
+        norm = mx.where(pos, mx.maximum(phi, 0.0) / mx.where(pos, hi, 1.0), 0.0)
+    else:
+        lo = mx.min(mx.where(valid, phi, mx.inf), axis=-1, keepdims=True)
+        spread = hi - lo
+        flat = spread <= 1e-12 * mx.maximum(1.0, mx.abs(hi))
+        norm = mx.where(flat, 1.0, (phi - lo) / mx.where(flat, 1.0, spread))
     return mx.where(valid, norm, 0.0)
+
+
+def signed_values_batch(phi: mx.array, advantages: mx.array, rule: str = "mirror") -> mx.array:
+    """Batched `credit.signed_values`: rows with a negative advantage negated under `mirror`."""
+    if rule not in NEGATIVE_RULES:
+        raise ConfigError(f"unknown negative-advantage rule {rule!r}; use one of {NEGATIVE_RULES}")
+    if rule == "paper":
+        return phi
+    return mx.where(advantages.reshape(-1, 1) < 0, -phi, phi)
 
 
 def token_weights_batch(
@@ -124,6 +145,8 @@ def token_weights_batch(
     token_valid: mx.array,
     phi: mx.array,
     floor: float = 0.0,
+    normalize: str = "zero",
+    temperature: float = 0.05,
 ) -> mx.array:
     """Batched `credit.token_weights`: spans `(B, N, 2)`, offsets `(B, T, 2)`, phi `(B, N)`.
 
@@ -131,7 +154,7 @@ def token_weights_batch(
     """
     _check_floor(floor)
     sv = span_valid.astype(mx.bool_)
-    norm = normalize_values_batch(phi, sv)
+    norm = normalize_values_batch(phi, sv, normalize, temperature)
     a, b = token_offsets[..., 0:1].astype(mx.int32), token_offsets[..., 1:2].astype(mx.int32)
     s = spans[:, None, :, 0].astype(mx.int32)
     e = spans[:, None, :, 1].astype(mx.int32)
