@@ -13,10 +13,10 @@ the coalitions it would sample, and its values are compared with the exact ones:
   |phi - exact phi|: credit not explained by the segment's own effect. The dense retriever
   does react to such text, so their exact values are reported too (no_effect_exact_*).
 
-`--before` reproduces the old defaults (the contiguous estimator, 16 coalitions, v(empty) = 0
-while the query is prepended) on the same games.
+The same games are also measured under the old defaults (`before`: the contiguous estimator,
+16 coalitions, v(empty) = 0 while the query is prepended) and at smaller budgets.
 
-    python bench/fidelity.py [--json] [--quick] [--before] [--max-coalitions N]
+    python bench/fidelity.py [--json] [--quick] [--estimator E] [--max-coalitions N]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 from bench.common import REPO_ROOT, bench_parser, emit
 from ospo_mlx.attribution import segment
 from ospo_mlx.attribution.config import AttributionConfig
+from ospo_mlx.attribution.credit import normalize_values, signed_values
 from ospo_mlx.attribution.estimators import estimate, sample_coalitions
 from ospo_mlx.attribution.reference import coalition_values, shapley_exact
 from ospo_mlx.data.schema import Product, Task, load_catalog, load_tasks
@@ -161,25 +162,8 @@ def planted_tasks(count: int, rng) -> tuple[dict[str, Product], list[Task], list
     return {p.product_id: p for p in products}, tasks, responses, planted
 
 
-def main() -> None:
-    parser = bench_parser(__doc__, "fewer responses (for smoke tests)")
-    parser.add_argument("--before", action="store_true", help="the old defaults (see above)")
-    parser.add_argument("--estimator", choices=("shapley", "contiguous"), default=None)
-    parser.add_argument("--max-coalitions", type=int, default=None)
-    parser.add_argument("--draws", type=int, default=5, help="coalition draws per response")
-    args = parser.parse_args()
-    config = AttributionConfig()
-    if args.before:
-        config = AttributionConfig(estimator="contiguous", max_coalitions=16)
-    if args.estimator:
-        config.estimator = args.estimator
-    if args.max_coalitions:
-        config.max_coalitions = args.max_coalitions
-    config.validate()
-    count = 8 if args.quick else 40
-    draws = 2 if args.quick else args.draws
-    rng = np.random.default_rng(0)
-
+def collect_games(count: int, rng) -> dict:
+    """Every exact game the bench scores: per source, the planted ones and the noisy ones."""
     sources = {}
     demo_catalog = load_catalog(REPO_ROOT / "data" / "demo" / "catalog.jsonl")
     demo_tasks = load_tasks(REPO_ROOT / "data" / "demo" / "train.jsonl", demo_catalog)
@@ -187,42 +171,57 @@ def main() -> None:
     esci = esci_source()
     if esci is not None:
         sources["esci"] = esci
-
-    spear: dict[str, list[float]] = {}
-    top1: dict[str, list[bool]] = {}
-    games_per_source = {}
+    out: dict = {"sources": {}}
     for name, (catalog, tasks) in sources.items():
         reward = build_reward(catalog, RewardConfig())
         responses, used = phrase_responses(tasks, catalog, rng, count)
-        games = exact_games(reward, responses, used)
-        games_per_source[name] = len(games)
-        for game in games:
-            truth = shapley_exact(game["v"])
-            for d in range(draws):
-                phi = estimated(game, config, np.random.default_rng([d, 1]), args.before)
-                rho = spearman(phi, truth)
-                if rho is not None:
-                    spear.setdefault(name, []).append(rho)
-                if np.ptp(truth) > 0:
-                    top1.setdefault(name, []).append(is_top(phi, truth))
-
+        out["sources"][name] = exact_games(reward, responses, used)
     catalog, tasks, responses, planted = planted_tasks(count, rng)
     reward = build_reward(catalog, RewardConfig())
-    games = exact_games(reward, responses, tasks)
-    hits = []
-    bias = []
-    for game, clue in zip(games, planted, strict=True):
-        phi = estimated(game, config, np.random.default_rng(3), args.before)
-        texts = [game["response"][s:e] for s, e in game["spans"]]
-        hits.append(texts[int(np.argmax(phi))] == clue)
+    out["planted"] = list(zip(exact_games(reward, responses, tasks), planted, strict=True))
     # Segments meant to have no effect (stop words, the query again) inside planted answers.
     noisy = [
         answer([*r[len("<answer>") : -len("</answer>")].split(", "), t.query or "", STOP_WORDS])
         for t, r in zip(tasks, responses, strict=True)
     ]
+    out["noisy"] = exact_games(reward, noisy, tasks)
+    return out
+
+
+def measure(games: dict, config: AttributionConfig, draws: int, empty_zero: bool) -> dict:
+    """The fidelity figures of one credit configuration on the collected games."""
+    spear: dict[str, list[float]] = {}
+    top1: dict[str, list[bool]] = {}
+    for name, source in games["sources"].items():
+        for game in source:
+            truth = shapley_exact(game["v"])
+            for d in range(draws):
+                phi = estimated(game, config, np.random.default_rng([d, 1]), empty_zero)
+                rho = spearman(phi, truth)
+                if rho is not None:
+                    spear.setdefault(name, []).append(rho)
+                if np.ptp(truth) > 0:
+                    top1.setdefault(name, []).append(is_top(phi, truth))
+    hits = []
+    options: dict[str, dict[str, list[float]]] = {}
+    for game, clue in games["planted"]:
+        phi = estimated(game, config, np.random.default_rng(3), empty_zero)
+        texts = [game["response"][s:e] for s, e in game["spans"]]
+        hits.append(texts[int(np.argmax(phi))] == clue)
+        if clue not in texts:
+            continue
+        j = texts.index(clue)
+        # Where a +1 / -1 advantage goes under each weight option (one token per segment).
+        for normalize in ("zero", "minmax", "softmax"):
+            for rule in ("mirror", "paper"):
+                row = options.setdefault(f"{normalize}/{rule}", {"pos": [], "neg": []})
+                for adv, key in ((1.0, "pos"), (-1.0, "neg")):
+                    w = normalize_values(signed_values(phi, adv, rule), normalize, 0.05)
+                    share = w / w.sum() if w.sum() > 0 else np.full(len(w), 1 / len(w))
+                    row[key].append(float(share[j]))
     bias, raw, real = [], [], []
-    for game in exact_games(reward, noisy, tasks):
-        phi = estimated(game, config, np.random.default_rng(4), args.before)
+    for game in games["noisy"]:
+        phi = estimated(game, config, np.random.default_rng(4), empty_zero)
         truth = shapley_exact(game["v"])
         query = game["task"].query or ""
         start = game["response"].find(query, len("<answer>"))
@@ -232,14 +231,13 @@ def main() -> None:
                 bias.append(abs(phi[j] - truth[j]))
                 raw.append(abs(phi[j]))
                 real.append(abs(truth[j]))
-
     all_spear = [r for rs in spear.values() for r in rs]
     all_top = [t for ts in top1.values() for t in ts]
-    result = {
+    return {
         "config": {
             "estimator": config.estimator,
             "max_coalitions": config.max_coalitions,
-            "empty_value": "zero (old)" if args.before else "auto",
+            "empty_value": "zero (old)" if empty_zero else "auto",
         },
         "estimator_spearman": float(np.mean(all_spear)) if all_spear else None,
         "estimator_top1": float(np.mean(all_top)) if all_top else None,
@@ -252,25 +250,72 @@ def main() -> None:
         "no_effect_exact_abs_mean": float(np.mean(real)) if real else None,
         "by_source": {
             k: {
-                "games": games_per_source[k],
+                "games": len(v),
                 "spearman": float(np.mean(spear.get(k, [np.nan]))),
                 "top1": float(np.mean(top1.get(k, [np.nan]))),
             }
-            for k in sources
+            for k, v in games["sources"].items()
         },
         "planted_games": len(hits),
-        "draws": draws,
+        # Share of a +1 / -1 advantage that lands on the planted (helpful) segment.
+        "weight_options": {
+            k: {
+                "planted_share_positive_A": float(np.mean(v["pos"])),
+                "planted_share_negative_A": float(np.mean(v["neg"])),
+            }
+            for k, v in options.items()
+        },
     }
-    lines = [
+
+
+def lines_of(result: dict) -> list[str]:
+    return [
         f"config: {result['config']}",
-        f"estimator_spearman {result['estimator_spearman']:.3f}  (target >= 0.9)",
-        f"estimator_top1     {result['estimator_top1']:.3f}  (target >= 0.8)",
-        f"planted_top1       {result['planted_top1']:.3f}  (target >= 0.9)",
-        f"query_bias         {result['query_bias']:.4f} (target <= 0.01; |phi - exact phi|)",
-        f"no-effect segments: max |phi| {result['no_effect_abs_phi_max']:.4f}, their exact "
-        f"Shapley max {result['no_effect_exact_abs_max']:.4f} mean {result['no_effect_exact_abs_mean']:.4f}",
-        f"by source: {result['by_source']}",
+        f"  estimator_spearman {result['estimator_spearman']:.3f}  (target >= 0.9)",
+        f"  estimator_top1     {result['estimator_top1']:.3f}  (target >= 0.8)",
+        f"  planted_top1       {result['planted_top1']:.3f}  (target >= 0.9)",
+        f"  query_bias         {result['query_bias']:.4f} (target <= 0.01; |phi - exact phi|)",
+        f"  no-effect segments: max |phi| {result['no_effect_abs_phi_max']:.4f}, exact Shapley "
+        f"max {result['no_effect_exact_abs_max']:.4f}, mean {result['no_effect_exact_abs_mean']:.4f}",
+        f"  by source: {result['by_source']}",
+        *(
+            f"  {k}: planted share of +A {v['planted_share_positive_A']:.2f}, of -A "
+            f"{v['planted_share_negative_A']:.2f}"
+            for k, v in result["weight_options"].items()
+        ),
     ]
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, "fewer responses (for smoke tests)")
+    parser.add_argument("--estimator", choices=("shapley", "contiguous"), default=None)
+    parser.add_argument("--max-coalitions", type=int, default=None)
+    parser.add_argument("--draws", type=int, default=5, help="coalition draws per response")
+    parser.add_argument(
+        "--budgets", default="16,32", help="also measure the default estimator at these budgets"
+    )
+    args = parser.parse_args()
+    config = AttributionConfig()
+    if args.estimator:
+        config.estimator = args.estimator
+    if args.max_coalitions:
+        config.max_coalitions = args.max_coalitions
+    config.validate()
+    count = 6 if args.quick else 40
+    draws = 2 if args.quick else args.draws
+    games = collect_games(count, np.random.default_rng(0))
+    result = measure(games, config, draws, empty_zero=False)
+    # The old defaults on the same games: contiguous windows, 16 coalitions, v(empty) = 0.
+    old = AttributionConfig(estimator="contiguous", max_coalitions=16)
+    result["before"] = measure(games, old, draws, empty_zero=True)
+    budgets = [] if args.quick else [int(b) for b in args.budgets.split(",") if b]
+    result["budgets"] = {}
+    for b in budgets:
+        cfg = AttributionConfig(estimator=config.estimator, max_coalitions=b)
+        result["budgets"][b] = measure(games, cfg, draws, empty_zero=False)
+    lines = [*lines_of(result), "before (the old defaults):", *lines_of(result["before"])]
+    for b, r in result["budgets"].items():
+        lines += [f"budget {b}:", *lines_of(r)]
     emit("fidelity", result, args.json, lines)
 
 
