@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,8 +74,15 @@ def completion_rows(rollouts: Sequence[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
+def tensorboard_tag(key: str) -> str:
+    """A metrics.jsonl name as a TensorBoard tag: characters tags refuse become _ (ndcg@10 ->
+    ndcg_10), done here so the mapping is ours and documented rather than a writer warning."""
+    return re.sub(r"[^-/\w.]", "_", key)
+
+
 class TensorBoardTracker:
-    """Scalars under their metrics.jsonl names; the completions table as a markdown text."""
+    """Scalars under their metrics.jsonl names (see tensorboard_tag); the completions table as
+    a markdown text."""
 
     def __init__(self, log_dir: Path) -> None:
         try:
@@ -85,7 +93,7 @@ class TensorBoardTracker:
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
-            self.writer.add_scalar(key, value, step)
+            self.writer.add_scalar(tensorboard_tag(key), value, step)
         self.writer.flush()
 
     def log_completions(self, step: int, rows: list[list[Any]]) -> None:
