@@ -152,6 +152,15 @@ class Trainer:
             self.step = checkpoint.step
             self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
             dist.agree(self.step, self.world, "the checkpoint step to resume from")
+            k = c.optim.steps_per_generation
+            if self.step % k and self.world.is_main:  # an interrupt or final save mid-generation
+                import sys
+
+                sys.stderr.write(
+                    f"warning: step {self.step} is inside a generation of {k} steps; its unused "
+                    f"{k - self.step % k} step(s) of rollouts were not checkpointed, so the run "
+                    "continues with a new sampling pass\n"
+                )
         self.update = PolicyUpdate(
             self.model, self.optimizer, c.optim,
             temperature=c.sampling.temperature, max_completion_length=c.sampling.max_new_tokens,
