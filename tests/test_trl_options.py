@@ -190,3 +190,17 @@ def test_train_help_lists_the_trl_options(repo_root):
         "optim.dynamic_sampling_max_draws", "run.report_to", "run.log_completions_steps",
     ):  # fmt: skip
         assert key in result.stdout, key
+
+
+def test_dynamic_sampling_cap_refills_with_flat_groups(repo_root, tmp_path):
+    """reward.missing_tags=zero: the tiny model never writes tags, so every group is flat; the
+    filter draws up to the cap, then fills the batch with flat groups and counts them."""
+    _, rows = run(
+        repo_root, tmp_path / "flat", "optim.steps=1", "optim.dynamic_sampling=true",
+        "optim.dynamic_sampling_max_draws=3", "reward.missing_tags=zero",
+    )  # fmt: skip
+    (row,) = rows
+    assert row["dynamic_sampling/draws"] == 3
+    assert row["dynamic_sampling/refilled_groups"] == 2  # optim.batch_size
+    assert row["dynamic_sampling/dropped_groups"] == 3 * 2 - 2
+    assert row["frac_reward_zero_std"] == 1.0 and row["loss"] == 0.0
