@@ -118,5 +118,25 @@ def run_with_progress(
         return trainer.run()
 
 
+# TRL GRPOConfig options users look for by name (all options: docs/run_format.md). Static text:
+# importing ospo_mlx.config here would slow every CLI start.
+TRL_OPTIONS = (
+    ("optim.importance_sampling_level", "token | sequence (GSPO; OSPO's credit then acts as GRPO's) | "
+     "sequence_token (GSPO-token); matters only off-policy (num_iterations or "
+     "steps_per_generation > 1)"),
+    ("optim.delta", "two-sided clipping: cap the ratio at delta (> 1 + epsilon_high); null = off"),
+    ("optim.mask_truncated_completions", "completions cut at max_new_tokens leave the loss"),
+    ("optim.top_entropy_quantile", "gradient only on the top rho quantile of tokens by entropy"),
+    ("optim.steps_per_generation", "optimizer steps fed by one sampling pass"),
+    ("optim.dynamic_sampling", "DAPO: drop groups with equal rewards and draw more prompts"),
+    ("optim.dynamic_sampling_max_draws", "most sampling passes per generation"),
+    ("run.report_to", "tensorboard, wandb and/or none: also log the metrics there (offline)"),
+    ("run.log_completions, run.log_completions_steps", "completions table every N steps"),
+)  # fmt: skip
+EPILOG = "TRL options, set with --set KEY=VALUE:\n\n" + "\n\n".join(
+    f"{key}: {text}" for key, text in TRL_OPTIONS
+)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command("train", epilog=EPILOG)(train)

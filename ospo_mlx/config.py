@@ -187,6 +187,58 @@ class OptimConfig:
         default=True,
         metadata={"help": "Log the policy's token entropy (one more pass over the vocabulary)."},
     )
+    # TRL GRPOConfig options (docs/run_format.md, "Policy-update options").
+    importance_sampling_level: Literal["token", "sequence", "sequence_token"] = field(
+        default="token",
+        metadata={
+            "help": "Importance ratio per token (GRPO), per sequence (GSPO: one length-normalized "
+            "ratio; OSPO's credit then collapses to GRPO's) or sequence_token (GSPO-token: keeps "
+            "OSPO's per-token credit). Changes anything only off-policy: num_iterations > 1 or "
+            "steps_per_generation > 1."
+        },
+    )
+    delta: float | None = field(
+        default=None,
+        metadata={
+            "help": "Two-sided clipping: cap the unclipped ratio at delta (> 1 + epsilon_high), "
+            "bounding the loss of negative advantages; null = off."
+        },
+    )
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "Completions cut at sampling.max_new_tokens (no EOS) take no part in the "
+            "loss, whatever their credit; they still count in the group's reward statistics."
+        },
+    )
+    top_entropy_quantile: float = field(
+        default=1.0,
+        metadata={
+            "help": "Keep the policy gradient only on the top rho quantile of tokens by entropy "
+            "in each update batch (applied after OSPO's credit); 1.0 = every token."
+        },
+    )
+    steps_per_generation: int = field(
+        default=1,
+        metadata={
+            "help": "Optimizer steps fed by one sampling pass: it draws batch_size x this many "
+            "prompts, computes advantages over all of them, then updates on batch_size at a time."
+        },
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO dynamic sampling: drop groups whose rewards are all equal (no signal) "
+            "and draw more prompts until the step has batch_size groups."
+        },
+    )
+    dynamic_sampling_max_draws: int = field(
+        default=4,
+        metadata={
+            "help": "Most sampling passes per generation under dynamic_sampling; when they do not "
+            "fill the batch, dropped groups fill it (counted in dynamic_sampling/refilled)."
+        },
+    )
 
 
 @dataclass
@@ -204,6 +256,23 @@ class RunConfig:
     log_rollouts: bool = field(default=True, metadata={"help": "Write rollouts.jsonl."})
     log_attributions: bool = field(
         default=True, metadata={"help": "Compute and log attributions under algorithm grpo too."}
+    )
+    report_to: list[Literal["tensorboard", "wandb", "none"]] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "Also send the metrics.jsonl rows to: tensorboard (RUN/tensorboard/), wandb "
+            "(offline unless WANDB_MODE says otherwise), or none."
+        },
+    )
+    log_completions: bool = field(
+        default=True,
+        metadata={
+            "help": "With report_to, log a table of sampled completions with reward, advantage "
+            "and credit every log_completions_steps steps (needs log_rollouts)."
+        },
+    )
+    log_completions_steps: int = field(
+        default=10, metadata={"help": "Steps between two completions tables."}
     )
 
 
@@ -275,6 +344,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         "sampling.max_new_tokens": s.max_new_tokens,
         "lora.rank": lo.rank,
         "run.save_every": config.run.save_every,
+        "run.log_completions_steps": config.run.log_completions_steps,
+        "optim.steps_per_generation": o.steps_per_generation,
+        "optim.dynamic_sampling_max_draws": o.dynamic_sampling_max_draws,
     }
     for key, value in positive.items():
         if value < 1:
@@ -312,6 +384,21 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError("optim.epsilon/epsilon_high: clipping ranges must be >= 0")
     if o.beta < 0:
         raise ConfigError(f"optim.beta: must be >= 0, got {o.beta}")
+    if o.delta is not None and o.delta <= 1:
+        raise ConfigError(
+            f"optim.delta: must be > 1 (TRL recommends > 1 + epsilon_high), got {o.delta}; "
+            "null turns two-sided clipping off"
+        )
+    if not 0 <= o.top_entropy_quantile <= 1:
+        raise ConfigError(
+            f"optim.top_entropy_quantile: must be in [0, 1] (1 = every token), got "
+            f"{o.top_entropy_quantile}"
+        )
+    if "none" in config.run.report_to and len(config.run.report_to) > 1:
+        raise ConfigError(
+            f"run.report_to: 'none' cannot be combined with other trackers, got "
+            f"{config.run.report_to}"
+        )
     if not 0 <= lo.dropout < 1:
         raise ConfigError(f"lora.dropout: must be in [0, 1), got {lo.dropout}")
     if lo.num_layers == 0 or lo.num_layers < -1:

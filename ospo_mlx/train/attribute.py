@@ -6,7 +6,7 @@ trainer calls it on the completions of its own rank.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,25 +29,30 @@ class Attribution:
     weights: list[np.ndarray]
     in_segments: list[np.ndarray]  # (T_i,) bool: tokens that overlap a segment
     evaluated: int = 0
-    unpaired: int = 0  # segments whose value no evaluated pair measured (left at 0)
-    budget_raised: int = 0  # completions whose coalition budget was raised to n + 2
-    exact: int = 0  # completions whose values are exact (all 2^n coalitions evaluated)
+    unpaired: list[int] = field(default_factory=list)  # per completion: segments left at 0
+    budget_raised: list[bool] = field(default_factory=list)  # budget raised to n + 2
+    exact: list[bool] = field(default_factory=list)  # all 2^n coalitions evaluated
 
-    def concentration(self) -> float:
-        """Mean share of the top segment in each attributed completion's segment weights.
+    def metrics(self, rows: slice = slice(None)) -> dict[str, float]:
+        """The credit metrics of the completions in `rows` (all by default)."""
+        return {
+            "ospo/unpaired_segments": float(sum(self.unpaired[rows])),
+            "ospo/budget_raised": float(sum(self.budget_raised[rows])),
+            "ospo/exact_values": float(sum(self.exact[rows])),
+            "ospo/credit_concentration": self.concentration(rows),
+        }
+
+    def concentration(self, rows: slice = slice(None)) -> float:
+        """Mean share of the top segment in sum |phi| over the attributed completions.
 
         1 means all the credit went to one segment; 1/n means it was spread evenly.
         """
         shares = [
-            float(np.max(w) / w.sum())
-            for w, v in zip(self.segment_weights(), self.values, strict=True)
-            if len(v) and w.sum() > 0
+            float(np.max(np.abs(o)) / np.abs(o).sum())
+            for o, v in zip(self.owen[rows], self.values[rows], strict=True)
+            if len(v) and np.abs(o).sum() > 0
         ]
         return float(np.mean(shares)) if shares else 0.0
-
-    def segment_weights(self) -> list[np.ndarray]:
-        """|phi| per segment (a scale-free view of where the credit went)."""
-        return [np.abs(np.asarray(o, dtype=np.float64)) for o in self.owen]
 
 
 def attribute(
@@ -71,13 +76,14 @@ def attribute(
     a = config
     spans = [segment(t, config=segmenter) for t in texts]
     masks = []
-    raised = 0
+    raised = []
     for i, s in enumerate(spans):
         if active[i] and s:
             masks.append(sample_coalitions(len(s), a, rng))
-            raised += int(budget(len(s), a) > a.max_coalitions)
+            raised.append(budget(len(s), a) > a.max_coalitions)
         else:
             masks.append(np.zeros((0, len(s)), dtype=bool))
+            raised.append(False)
     todo = [i for i, m in enumerate(masks) if len(m)]
     values: list[np.ndarray] = [np.zeros(0) for _ in texts]
     if todo:
@@ -90,12 +96,12 @@ def attribute(
         for i, v in zip(todo, got, strict=True):
             values[i] = np.asarray(v, dtype=np.float64)
     owen, weights, in_segments = [], [], []
-    unpaired = exact = 0
+    unpaired, exact = [0] * len(texts), [False] * len(texts)
     for i, s in enumerate(spans):
         token_spans = np.asarray(offsets[i]).reshape(-1, 2)
         if len(masks[i]):
             est = estimate(masks[i], values[i], a)
-            phi, unpaired, exact = est.phi, unpaired + est.unpaired, exact + int(est.exact)
+            phi, unpaired[i], exact[i] = est.phi, est.unpaired, est.exact
             signed = credit.signed_values(phi, float(advantages[i]), a.negative_advantage)
             w = credit.token_weights(s, token_spans, signed, a.floor, a.normalize, a.temperature)
         else:

@@ -13,6 +13,8 @@ import mlx.core as mx
 
 LossType = Literal["grpo", "bnpo", "dapo", "dr_grpo"]
 LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dapo", "dr_grpo")
+ImportanceLevel = Literal["token", "sequence", "sequence_token"]
+IMPORTANCE_LEVELS: tuple[str, ...] = ("token", "sequence", "sequence_token")
 
 
 def token_log_probs(
@@ -43,6 +45,64 @@ def k3_kl(logps: mx.array, ref_logps: mx.array) -> mx.array:
 
 def masked_mean(x: mx.array, mask: mx.array) -> mx.array:
     return (x * mask).sum() / mx.maximum(mask.sum(), 1.0)
+
+
+def log_importance_weights(
+    logps: mx.array, old_logps: mx.array, mask: mx.array, level: ImportanceLevel = "token"
+) -> mx.array:
+    """log of the importance ratio pi / pi_old, (B, T), at TRL's `importance_sampling_level`.
+
+    token: log r_t = l_t - old_t, one ratio per token (GRPO).
+    sequence: GSPO's length-normalized sequence ratio, mean_t(l_t - old_t), on every token; its
+        gradient is the same for every token of a completion, so per-token advantages only act
+        through their sum (OSPO's credit collapses to the sequence advantage, i.e. GRPO).
+    sequence_token: GSPO-token, the sequence ratio's value with each token's own gradient
+        (sg(s) * exp(l_t - sg(l_t))), which keeps OSPO's per-token credit.
+    """
+    old = mx.stop_gradient(old_logps)
+    log_ratio = logps - old
+    if level == "token":
+        return log_ratio
+    seq = (log_ratio * mask).sum(axis=-1, keepdims=True) / mx.maximum(
+        mask.sum(axis=-1, keepdims=True), 1.0
+    )
+    if level == "sequence":
+        return mx.broadcast_to(seq, log_ratio.shape)
+    if level == "sequence_token":
+        return mx.stop_gradient(seq) + logps - mx.stop_gradient(logps)
+    raise ValueError(f"unknown importance_sampling_level {level!r}; expected {IMPORTANCE_LEVELS}")
+
+
+def truncation_mask(mask: mx.array, finished: mx.array) -> mx.array:
+    """TRL's mask_truncated_completions: rows of completions cut at max_new_tokens become 0.
+
+    `finished` (B,) is 1 for completions that ended with EOS. A masked row takes no part in the
+    loss or in the token normalizers, whatever its (OSPO) token advantages.
+    """
+    return mask * finished.astype(mask.dtype)[:, None]
+
+
+def high_entropy_mask(entropy: mx.array, mask: mx.array, quantile: float) -> mx.array:
+    """1.0 on the real tokens whose entropy is in the top `quantile` of this batch's tokens.
+
+    TRL's `top_entropy_quantile` (rho): the threshold is the (1 - rho) quantile, linearly
+    interpolated like torch.quantile, of the entropies of all unmasked tokens of the batch; a
+    token at or above it keeps its gradient. rho = 1 keeps every token.
+    """
+    mask = mask.astype(mx.float32)
+    if quantile >= 1.0:
+        return mask
+    ent = mx.stop_gradient(entropy).astype(mx.float32)
+    # Padding sorts last (+inf), so the first n entries are the n real tokens in order.
+    flat = mx.sort(mx.where(mask > 0, ent, mx.inf).reshape(-1))
+    n = mask.sum()
+    pos = (1.0 - quantile) * mx.maximum(n - 1.0, 0.0)
+    lo = mx.floor(pos)
+    hi = mx.minimum(lo + 1.0, mx.maximum(n - 1.0, 0.0))
+    v_lo = mx.take(flat, lo.astype(mx.int32))
+    v_hi = mx.take(flat, hi.astype(mx.int32))
+    threshold = v_lo + (v_hi - v_lo) * (pos - lo)
+    return mask * (ent >= threshold).astype(mx.float32)
 
 
 def aggregate(
@@ -90,19 +150,33 @@ def policy_loss(
     max_completion_length: int | None = None,
     token_normalizer: mx.array | float | None = None,
     entropy: mx.array | None = None,
+    importance_sampling_level: ImportanceLevel = "token",
+    delta: float | None = None,
+    top_entropy_quantile: float = 1.0,
 ) -> tuple[mx.array, dict[str, mx.array]]:
     """Clipped surrogate -min(r A, clip(r, 1-eps, 1+eps_high) A) + beta * k3, aggregated.
 
     `old_logps` are the log-probs of the sampling policy (constants); with them equal to `logps`
     the ratio is exactly 1 and nothing is clipped. Returns (loss, metrics) where the metrics
     are scalar arrays without gradient: clip_ratio/{low,high,region}_mean, kl, entropy.
+
+    TRL's options: `importance_sampling_level` (see log_importance_weights); `delta` caps the
+    unclipped ratio at delta (two-sided clipping: bounds the loss of negative advantages when
+    r grows large); `top_entropy_quantile` < 1 keeps the policy term only on the batch's
+    highest-entropy tokens (needs `entropy`), applied to the per-token loss, so after OSPO's
+    redistribution; masked tokens still count in the normalizer, as in TRL.
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.astype(mx.float32)
     # exp(l - stop_grad(l)) keeps the gradient of r while its value stays exact.
-    ratio = mx.exp(logps - mx.stop_gradient(old_logps))
+    ratio = mx.exp(log_importance_weights(logps, old_logps, mask, importance_sampling_level))
     clipped = mx.clip(ratio, 1.0 - epsilon, 1.0 + eps_high)
-    per_token = -mx.minimum(ratio * advantages, clipped * advantages)
+    unclipped = ratio if delta is None else mx.minimum(ratio, delta)
+    per_token = -mx.minimum(unclipped * advantages, clipped * advantages)
+    if top_entropy_quantile < 1.0:
+        if entropy is None:
+            raise ValueError("top_entropy_quantile < 1 needs the token entropy")
+        per_token = per_token * high_entropy_mask(entropy, mask, top_entropy_quantile)
     kl = None
     if beta != 0.0 and ref_logps is None:
         raise ValueError("beta > 0 needs ref_logps")

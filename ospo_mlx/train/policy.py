@@ -213,10 +213,11 @@ class PolicyUpdate:
     ) -> None:
         self.model, self.optimizer, self.cfg, self.world = model, optimizer, cfg, world
         self.accum = cfg.gradient_accumulation_steps
+        entropy_needed = cfg.log_entropy or cfg.top_entropy_quantile < 1.0
 
         def loss_fn(model, tokens, prompt_lens, mask, adv, old, ref, norm):
             logps, entropy = completion_log_probs(
-                model, tokens, prompt_lens, mask.shape[1], temperature, with_entropy=cfg.log_entropy
+                model, tokens, prompt_lens, mask.shape[1], temperature, with_entropy=entropy_needed
             )
             # On the first iteration pi_old is the current policy: stop_gradient makes r == 1 exactly.
             old = mx.stop_gradient(logps) if old is None else old
@@ -225,7 +226,11 @@ class PolicyUpdate:
                 epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, ref_logps=ref,
                 loss_type=cfg.loss_type, max_completion_length=max_completion_length,
                 token_normalizer=norm, entropy=entropy,
+                importance_sampling_level=cfg.importance_sampling_level, delta=cfg.delta,
+                top_entropy_quantile=cfg.top_entropy_quantile,
             )  # fmt: skip
+            if not cfg.log_entropy:
+                metrics["entropy"] = mx.array(0.0)
             return loss, (metrics, mx.stop_gradient(logps))
 
         value_and_grad = nn.value_and_grad(model, loss_fn)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ospo_mlx.train.checkpoint import atomic_write_text
+from ospo_mlx.train.tracking import Tracking
 
 METRICS_FILE = "metrics.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
@@ -59,9 +60,17 @@ def _keep_until(path: Path, step: int) -> int:
 
 class RunLog:
     """Appends metrics and rollouts to a run directory; `resume_step` drops lines logged after
-    the checkpoint being resumed (they will be produced again)."""
+    the checkpoint being resumed (they will be produced again). `tracking` (run.report_to)
+    receives the same rows once they are on disk."""
 
-    def __init__(self, run_dir: Path, config_yaml: str, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        config_yaml: str,
+        resume_step: int | None = None,
+        tracking: Tracking | None = None,
+    ) -> None:
+        self.tracking = tracking
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / CONFIG_FILE, config_yaml)
@@ -84,13 +93,20 @@ class RunLog:
 
     def metrics(self, row: dict[str, Any]) -> None:
         self._append(self._metrics, [row])
+        if self.tracking is not None:
+            self.tracking.metrics(row)
 
     def rollouts(self, rows: list[dict[str, Any]]) -> None:
         self._append(self._rollouts, rows)
+        if self.tracking is not None:
+            self.tracking.rollouts(rows)
 
     def close(self) -> None:
         self._metrics.close()
         self._rollouts.close()
+        if self.tracking is not None:
+            self.tracking.close()
+            self.tracking = None
 
     def __enter__(self) -> RunLog:
         return self

@@ -25,7 +25,7 @@ from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.train import checkpoint as ckpt
 from ospo_mlx.train import distributed as dist
 from ospo_mlx.train.attribute import Attribution, attribute
-from ospo_mlx.train.batching import pack_batch
+from ospo_mlx.train.batching import Batch, pack_batch
 from ospo_mlx.train.bookkeeping import (
     fallback_weights,
     fits_context,
@@ -34,7 +34,9 @@ from ospo_mlx.train.bookkeeping import (
     token_advantages,
     zero_std_groups,
 )
+from ospo_mlx.train.groups import GroupFilter, Groups
 from ospo_mlx.train.interrupt import GracefulStop, TrainingInterrupted, interrupted_message
+from ospo_mlx.train.loss import truncation_mask
 from ospo_mlx.train.policy import (
     PolicyUpdate,
     adapter_config,
@@ -45,6 +47,7 @@ from ospo_mlx.train.policy import (
     sequence_log_probs,
 )
 from ospo_mlx.train.runlog import RunLog
+from ospo_mlx.train.tracking import build_tracking
 
 # Metrics that are already identical on every rank (computed from gathered or averaged values).
 GLOBAL_METRICS = (
@@ -55,6 +58,15 @@ GLOBAL_METRICS = (
     "grad_norm",
     "learning_rate",
 )
+
+
+@dataclass
+class StepPart:
+    """One optimizer step's share of a generation: its update batch, metrics and rollouts rows."""
+
+    batch: Batch
+    metrics: dict[str, float]
+    rollouts: list[dict[str, Any]]
 
 
 @dataclass
@@ -142,17 +154,34 @@ class Trainer:
             self.step = checkpoint.step
             self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
             dist.agree(self.step, self.world, "the checkpoint step to resume from")
+            k = c.optim.steps_per_generation
+            if self.step % k and self.world.is_main:  # an interrupt or final save mid-generation
+                import sys
+
+                sys.stderr.write(
+                    f"warning: step {self.step} is inside a generation of {k} steps; its unused "
+                    f"{k - self.step % k} step(s) of rollouts were not checkpointed, so the run "
+                    "continues with a new sampling pass\n"
+                )
         self.update = PolicyUpdate(
             self.model, self.optimizer, c.optim,
             temperature=c.sampling.temperature, max_completion_length=c.sampling.max_new_tokens,
             compile=c.optim.compile, world=self.world,
         )  # fmt: skip
-        # Only rank 0 writes the run directory.
-        self.log = (
-            RunLog(self.run_dir, dump_config(c), resume_step=self.step if resume else None)
-            if self.world.is_main
-            else None
-        )
+        # Parts of the last generation not yet used (steps_per_generation > 1); not checkpointed.
+        self.pending: list[StepPart] = []
+        # Only rank 0 writes the run directory (and reports to run.report_to).
+        self.log = None
+        if self.world.is_main:
+            tracking = build_tracking(
+                c.run.report_to, self.run_dir, name=c.run.name or self.run_dir.name,
+                config=c.to_dict(), log_completions=c.run.log_completions,
+                every=c.run.log_completions_steps,
+            )  # fmt: skip
+            self.log = RunLog(
+                self.run_dir, dump_config(c), resume_step=self.step if resume else None,
+                tracking=tracking,
+            )  # fmt: skip
 
     def _starting_adapters(self, resumed: bool) -> dict[str, mx.array] | None:
         """Adapters RL started from: the given ones or, on resume, the warm-up's; else None."""
@@ -203,14 +232,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
-    def next_task_indices(self) -> list[int]:
-        """The next `batch_size` tasks of a per-epoch shuffled order (deterministic per seed)."""
+    def next_task_indices(self, count: int | None = None) -> list[int]:
+        """The next `count` (default batch_size) tasks of a per-epoch shuffled order (seeded)."""
+        count = self.config.optim.batch_size if count is None else count
         out = []
-        while len(out) < self.config.optim.batch_size:
+        while len(out) < count:
             order = np.random.default_rng([self.config.run.seed, self.epoch]).permutation(
                 len(self.tasks)
             )
-            take = order[self.position : self.position + self.config.optim.batch_size - len(out)]
+            take = order[self.position : self.position + count - len(out)]
             out.extend(int(i) for i in take)
             self.position += len(take)
             if self.position >= len(self.tasks):
@@ -243,32 +273,59 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def train_step(self) -> StepRecord:
+    def _draw(self, step: int, draw: int, count: int) -> tuple[Groups, float, float]:
+        """Sample and score this rank's share of the next `count` prompts; (groups, times)."""
         from ospo_mlx.train.rollout import SamplingConfig, sample_groups
 
         c, g = self.config, self.config.optim.num_generations
-        step = self.step + 1
-        mx.reset_peak_memory()
-        t_start = time.perf_counter()
-        indices = dist.shard(self.next_task_indices(), self.world)  # this rank's prompts
-        tasks = [self.tasks[i] for i in indices for _ in range(g)]
+        t0 = time.perf_counter()
+        indices = dist.shard(self.next_task_indices(count), self.world)  # this rank's prompts
         prompts = [self.prompts[i] for i in indices]
-
         known = {f.name for f in fields(SamplingConfig)}
         sampling = SamplingConfig(
             **{k: v for k, v in vars(c.sampling).items() if k in known}, num_generations=g
         )
         self.model.eval()  # no LoRA dropout while sampling
-        rollouts = sample_groups(
-            self.model, self.tokenizer, prompts, sampling,
-            seed=c.run.seed * 1_000_003 + step + 104_729 * self.world.rank,
-        )  # fmt: skip
-        texts, ids = list(rollouts.texts), [list(map(int, t)) for t in rollouts.completion_tokens]
-        offsets, finished = rollouts.token_offsets, list(rollouts.finished)
-        t_sample = time.perf_counter()
-
+        # Draw 0 keeps the seed of a plain step; dynamic sampling's extra draws get new ones.
+        seed = c.run.seed * 1_000_003 + step + 104_729 * self.world.rank + 15_485_863 * draw
+        rollouts = sample_groups(self.model, self.tokenizer, prompts, sampling, seed=seed)
+        texts = list(rollouts.texts)
+        t1 = time.perf_counter()
+        tasks = [self.tasks[i] for i in indices for _ in range(g)]
         raw = np.asarray(self.reward.score(texts, tasks), dtype=np.float64)
-        rewards, nonfinite = sanitize_rewards(raw)
+        groups = Groups(
+            g, list(indices), prompts, texts,
+            [list(map(int, t)) for t in rollouts.completion_tokens],
+            list(rollouts.token_offsets), list(rollouts.finished), raw,
+        )  # fmt: skip
+        return groups, t1 - t0, time.perf_counter() - t1
+
+    def generate(self, step: int) -> list[StepPart]:
+        """One sampling pass for `optim.steps_per_generation` optimizer steps, starting at `step`.
+
+        Draws (with dynamic sampling, possibly several times) batch_size x steps_per_generation
+        prompts' groups, computes advantages and credit over all of them, and cuts them into
+        one update batch per step, prompt-major.
+        """
+        c, g = self.config, self.config.optim.num_generations
+        o = c.optim
+        k = o.steps_per_generation
+        need = o.batch_size * k  # prompts of the whole generation, over all ranks
+        groups_filter = GroupFilter(need // self.world.size, g, enabled=o.dynamic_sampling)
+        t_sample = t_score = 0.0
+        for draw in range(o.dynamic_sampling_max_draws if o.dynamic_sampling else 1):
+            drawn, ts, tr = self._draw(step, draw, need)
+            groups_filter.add(drawn)
+            t_sample, t_score = t_sample + ts, t_score + tr
+            # every rank draws as long as any rank is short, so the data cursors stay in step
+            if not dist.any_rank(not groups_filter.full, self.world):
+                break
+        gen, sampling_counts = groups_filter.finish()
+        t_reward_start = time.perf_counter()
+        texts, ids, offsets, finished = gen.texts, gen.ids, gen.offsets, gen.finished
+        tasks = [self.tasks[i] for i in gen.task_indices for _ in range(g)]
+        raw = gen.raw_rewards
+        rewards, _ = sanitize_rewards(raw)  # the non-finite ones are counted per step below
         if self.reward.reward_metric == "ndcg@10":  # the default: no second retrieval pass
             ndcg = raw
         else:
@@ -277,7 +334,7 @@ class Trainer:
             )
         # Advantages over the combined batch of all ranks (batch scaling needs its std).
         all_rewards = dist.gather(rewards, self.world)
-        all_adv = credit.grpo_advantages(all_rewards, g, c.optim.scale_rewards)
+        all_adv = credit.grpo_advantages(all_rewards, g, o.scale_rewards)
         all_flat = zero_std_groups(all_rewards, g)
         all_adv[np.repeat(all_flat, g)] = 0.0  # equal rewards: exactly zero, whatever the scaling
         mine = slice(self.world.rank * len(rewards), (self.world.rank + 1) * len(rewards))
@@ -297,7 +354,7 @@ class Trainer:
         )
         attr = self.attribute(texts, offsets, tasks, seq_adv, active) if attribute else None
         lengths = [len(t) for t in ids]
-        weights, no_segments = (
+        weights, _ = (  # completions without segments: counted per step below
             fallback_weights(attr.segments, attr.weights)
             if attr
             else ([np.ones(n) for n in lengths], 0)
@@ -308,84 +365,122 @@ class Trainer:
         )  # fmt: skip
         t_attr = time.perf_counter()
 
-        prompt_rows = [p for p in prompts for _ in range(g)]
+        prompt_rows = [p for p in gen.prompts for _ in range(g)]
         pad = (
             getattr(self.tokenizer, "pad_token_id", None)
             or getattr(self.tokenizer, "eos_token_id", 0)
             or 0
         )
-        batch = pack_batch(
-            prompt_rows,
-            ids,
-            [row[:n] for row, n in zip(token_adv, lengths, strict=True)],
-            pad_id=pad,
-        )
+        n = len(texts) // k  # this rank's completions per optimizer step
+        by_rank = all_rewards.reshape(self.world.size, -1)
+        parts = []
+        for j in range(k):
+            sl = slice(j * n, (j + 1) * n)
+            batch = pack_batch(
+                prompt_rows[sl],
+                ids[sl],
+                [row[:m] for row, m in zip(token_adv[sl], lengths[sl], strict=True)],
+                pad_id=pad,
+            )
+            if o.mask_truncated_completions:  # cut at max_new_tokens: no part in the loss
+                batch.mask = truncation_mask(batch.mask, mx.array(finished[sl]))
+            if k > 1:  # later parts are updated off-policy: pi_old is the sampling policy
+                batch.old_logps = sequence_log_probs(self.model, batch, c.sampling.temperature)
+            step_rewards = by_rank[:, sl].reshape(-1)
+            first = j == 0  # the generation's costs and counts go to its first step
+            metrics = {
+                "reward": float(step_rewards.mean()),
+                "reward_std": float(step_rewards.std()),
+                "frac_reward_zero_std": float(zero_std_groups(step_rewards, g).mean()),
+                "completions/mean_length": float(np.mean(lengths[sl])),
+                "completions/min_length": float(np.min(lengths[sl])),
+                "completions/max_length": float(np.max(lengths[sl])),
+                "completions/clipped_ratio": float(1.0 - np.mean(finished[sl])),
+                "completions/masked_truncated": float(
+                    o.mask_truncated_completions * (n - int(np.sum(finished[sl])))
+                ),
+                "ndcg@10": float(np.nan_to_num(ndcg[sl]).mean()),
+                "ospo/segments_mean": float(np.mean([len(s) for s in attr.segments[sl]]))
+                if attr
+                else 0.0,
+                "ospo/coalitions": float(sum(len(m) for m in attr.coalitions[sl])) if attr else 0.0,
+                **(attr.metrics(sl) if attr else Attribution([], [], [], [], [], []).metrics()),
+                "ospo/no_answer_tags": float(status[sl].count("missing_tags")),
+                "ospo/unclosed_answer": float(status[sl].count("unclosed")),
+                "ospo/format_zeroed": float(zeroed[sl].sum()),
+                "ospo/no_segments": float(sum(1 for s in attr.segments[sl] if not s))
+                if attr
+                else 0.0,
+                "skipped/prompt_too_long": float(self.skipped_long),
+                "reward/nonfinite": float(np.sum(~np.isfinite(raw[sl]))),
+                **{key: v if first else 0.0 for key, v in sampling_counts.items()},
+                "time/sample": t_sample if first else 0.0,
+                "time/reward": t_score + t_reward - t_reward_start if first else 0.0,
+                "time/attribution": t_attr - t_reward if first else 0.0,
+                "gen_tokens": float(sum(lengths[sl])),
+            }
+            rows = []
+            if c.run.log_rollouts:
+                for i in range(sl.start, sl.stop):
+                    task = tasks[i]
+                    rows.append({
+                        "step": step + j, "group": self.world.rank * (n // g) + (i - sl.start) // g,
+                        "member": i % g, "task_id": task.id,
+                        "prompt": task.query if task.query is not None else self.prompt_text(task),
+                        "completion": texts[i], "token_ids": ids[i],
+                        "token_offsets": [list(map(int, o_)) for o_ in offsets[i]],
+                        "reward": float(rewards[i]), "advantage": float(seq_adv[i]),
+                        "segments": [list(s) for s in attr.segments[i]] if attr else [],
+                        "coalitions": [np.flatnonzero(m).tolist() for m in attr.coalitions[i]] if attr else [],
+                        "coalition_values": attr.values[i].tolist() if attr else [],
+                        "owen": attr.owen[i].tolist() if attr else [],
+                        "token_weights": weights[i].tolist(),
+                        "token_advantages": token_adv[i, : lengths[i]].tolist(),
+                        "algorithm": c.algorithm,
+                    })  # fmt: skip
+            parts.append(StepPart(batch, metrics, rows))
+        return parts
+
+    def train_step(self) -> StepRecord:
+        """One optimizer step: a new generation when the last one is used up, then its update."""
+        c = self.config
+        step = self.step + 1
+        mx.reset_peak_memory()
+        t_start = time.perf_counter()
+        if not self.pending:
+            self.pending = self.generate(step)
+        part = self.pending.pop(0)
+        batch = part.batch
+        t_update = time.perf_counter()
         if c.optim.beta > 0:
             batch.ref_logps = self.reference_log_probs(batch)
         results = []
-        for iteration in range(c.optim.num_iterations):
-            result = self.update(batch, use_old_logps=iteration > 0)
-            if iteration == 0:
-                batch.old_logps = result.logps  # pi_old: the sampling policy, before any update
+        for _ in range(c.optim.num_iterations):
+            # pi_old: given by the generation when it fed several steps, else this first pass
+            result = self.update(batch, use_old_logps=batch.old_logps is not None)
+            if batch.old_logps is None:
+                batch.old_logps = result.logps  # the sampling policy, before any update
             results.append(result.metrics)
         t_end = time.perf_counter()
 
         self.step = step
         update = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
         update["grad_norm"] = results[-1]["grad_norm"]
-        gen_tokens = int(sum(lengths))
+        head = dict(part.metrics)
+        gen_tokens = head.pop("gen_tokens")
         metrics = {
             "step": step,
-            "reward": float(all_rewards.mean()),
-            "reward_std": float(all_rewards.std()),
-            "frac_reward_zero_std": float(all_flat.mean()),
+            **{k: head.pop(k) for k in ("reward", "reward_std", "frac_reward_zero_std")},
             **update,
-            "completions/mean_length": float(np.mean(lengths)),
-            "completions/min_length": float(np.min(lengths)),
-            "completions/max_length": float(np.max(lengths)),
-            "completions/clipped_ratio": float(1.0 - np.mean(finished)),
+            **head,
             "learning_rate": float(self.optimizer.learning_rate.item()),
-            "ndcg@10": float(np.nan_to_num(ndcg).mean()),
-            "ospo/segments_mean": float(np.mean([len(s) for s in attr.segments])) if attr else 0.0,
-            "ospo/coalitions": float(attr.evaluated) if attr else 0.0,
-            "ospo/unpaired_segments": float(attr.unpaired) if attr else 0.0,
-            "ospo/budget_raised": float(attr.budget_raised) if attr else 0.0,
-            "ospo/exact_values": float(attr.exact) if attr else 0.0,
-            "ospo/credit_concentration": attr.concentration() if attr else 0.0,
-            "ospo/no_answer_tags": float(status.count("missing_tags")),
-            "ospo/unclosed_answer": float(status.count("unclosed")),
-            "ospo/format_zeroed": float(zeroed.sum()),
-            "ospo/no_segments": float(no_segments),
-            "skipped/prompt_too_long": float(self.skipped_long),
-            "reward/nonfinite": float(nonfinite),
-            "time/sample": t_sample - t_start,
-            "time/reward": t_reward - t_sample,
-            "time/attribution": t_attr - t_reward,
-            "time/update": t_end - t_attr,
+            "time/update": t_end - t_update,
             "time/step": t_end - t_start,
             "tokens_per_second": gen_tokens / max(t_end - t_start, 1e-9),
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
         }
         metrics = dist.reduce_metrics(metrics, self.world, keep=GLOBAL_METRICS)
-        rows = []
-        if c.run.log_rollouts:
-            for i, text in enumerate(texts):
-                task = tasks[i]
-                rows.append({
-                    "step": step, "group": self.world.rank * len(prompts) + i // g, "member": i % g, "task_id": task.id,
-                    "prompt": task.query if task.query is not None else self.prompt_text(task),
-                    "completion": text, "token_ids": ids[i],
-                    "token_offsets": [list(map(int, o)) for o in offsets[i]],
-                    "reward": float(rewards[i]), "advantage": float(seq_adv[i]),
-                    "segments": [list(s) for s in attr.segments[i]] if attr else [],
-                    "coalitions": [np.flatnonzero(m).tolist() for m in attr.coalitions[i]] if attr else [],
-                    "coalition_values": attr.values[i].tolist() if attr else [],
-                    "owen": attr.owen[i].tolist() if attr else [],
-                    "token_weights": weights[i].tolist(),
-                    "token_advantages": token_adv[i, : lengths[i]].tolist(),
-                    "algorithm": c.algorithm,
-                })  # fmt: skip
-        return StepRecord(metrics, rows)
+        return StepRecord(metrics, part.rollouts)
 
     # ------------------------------------------------------------------ run
 
