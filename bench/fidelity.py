@@ -21,6 +21,7 @@ The same games are also measured under the old defaults (`before`: the contiguou
 
 from __future__ import annotations
 
+import pickle
 import sys
 from pathlib import Path
 
@@ -292,7 +293,10 @@ def main() -> None:
     parser.add_argument("--max-coalitions", type=int, default=None)
     parser.add_argument("--draws", type=int, default=5, help="coalition draws per response")
     parser.add_argument(
-        "--budgets", default="16,32", help="also measure the default estimator at these budgets"
+        "--budgets", default="16,32,128", help="also measure the default estimator at these budgets"
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="keep the scored games in this pickle file"
     )
     args = parser.parse_args()
     config = AttributionConfig()
@@ -303,7 +307,14 @@ def main() -> None:
     config.validate()
     count = 6 if args.quick else 40
     draws = 2 if args.quick else args.draws
-    games = collect_games(count, np.random.default_rng(0))
+    if args.cache is not None and args.cache.is_file():
+        with args.cache.open("rb") as fh:  # our own file from an earlier run
+            games = pickle.load(fh)
+    else:
+        games = collect_games(count, np.random.default_rng(0))
+        if args.cache is not None:
+            with args.cache.open("wb") as fh:
+                pickle.dump(games, fh)
     result = measure(games, config, draws, empty_zero=False)
     # The old defaults on the same games: contiguous windows, 16 coalitions, v(empty) = 0.
     old = AttributionConfig(estimator="contiguous", max_coalitions=16)
