@@ -11,107 +11,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ospo_mlx.attribution.segment import MISSING_TAGS, UNCLOSED_ANSWER, scored_answer
+from ospo_mlx.attribution.segment import scored_answer
 from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.reward import metrics as M
+from ospo_mlx.reward.config import RewardConfig
 from ospo_mlx.reward.retrievers import Retriever
-
-EVAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr", "hit@10")
-
-
-@dataclass
-class RewardConfig:
-    """Options of the retrieval reward (TRL-style: each field documents itself)."""
-
-    metric: str = field(
-        default="ndcg", metadata={"help": "Reward metric: ndcg, recall, hit, mrr or ap (cut at k)."}
-    )
-    k: int = field(default=10, metadata={"help": "Cutoff of the reward metric."})
-    mode: str = field(
-        default="pool",
-        metadata={
-            "help": "pool: rank each task's candidate pool exactly; catalog: top-k over the whole catalog."
-        },
-    )
-    coalition_text: str = field(
-        default="drop",
-        metadata={
-            "help": "drop: member segments joined with a space; keep-gaps: the text with non-members removed."
-        },
-    )
-    empty_value: str = field(
-        default="zero",
-        metadata={
-            "help": "v(empty): zero, or query (the raw query's retrieval quality; 0 for shopper_profile)."
-        },
-    )
-    prepend_query: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Retrieve with 'query + response'; None: true for query_expansion, false otherwise."
-        },
-    )
-    answer_tags: tuple[str, str] | None = field(
-        default=("<answer>", "</answer>"),
-        metadata={"help": "Tags around the answer region (None: whole text)."},
-    )
-    missing_tags: str = field(
-        default="whole",
-        metadata={
-            "help": "Response without answer tags: whole (use the whole text) or zero (reward 0); counted."
-        },
-    )
-    unclosed_answer: str = field(
-        default="keep",
-        metadata={
-            "help": "Answer without its closing tag (often cut at max_new_tokens): keep (score it "
-            "to the end of the text) or zero (reward 0, so run-on answers are not rewarded); counted."
-        },
-    )
-    gains: str = field(
-        default="graded",
-        metadata={"help": "graded: targets' gains (ESCI E=3,S=2,C=1); binary: 1 if > 0."},
-    )
-    gain_map: dict[str, float] | None = field(
-        default=None,
-        metadata={"help": "Remap stored gains, e.g. {'3': 1, '2': 0.1, '1': 0.01} (KDD Cup ESCI)."},
-    )
-    eval_metrics: tuple[str, ...] = field(
-        default=EVAL_METRICS, metadata={"help": "Metrics reported by `metrics()`."}
-    )
-
-    def validate(self) -> RewardConfig:
-        choices = {
-            "metric": M.METRIC_NAMES,
-            "mode": ("pool", "catalog"),
-            "coalition_text": ("drop", "keep-gaps"),
-            "empty_value": ("zero", "query"),
-            "missing_tags": MISSING_TAGS,
-            "unclosed_answer": UNCLOSED_ANSWER,
-            "gains": ("graded", "binary"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"reward.{name} = '{getattr(self, name)}' is not one of {list(allowed)}"
-                )
-        if self.k < 1:
-            raise ConfigError(f"reward.k must be >= 1, got {self.k}")
-        try:
-            for name in self.eval_metrics:
-                M.parse_metric(name)
-        except ValueError as exc:
-            raise ConfigError(f"reward.eval_metrics: {exc}") from None
-        return self
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
 
 
 def coalition_text(
@@ -155,6 +63,8 @@ def query_prefixed(text: str, task: Task, prepend_query: bool | None) -> str:
 class RetrievalReward:
     """Retrieval-quality reward over a Retriever (dense MiniLM by default; see `build_reward`)."""
 
+    name = "retrieval"
+
     def __init__(self, retriever: Retriever, config: RewardConfig | None = None):
         self.retriever = retriever
         self.config = (config or RewardConfig()).validate()
@@ -177,6 +87,10 @@ class RetrievalReward:
         """(scored text or None, format status: ok, missing_tags or unclosed); see `scored_answer`."""
         c = self.config
         return scored_answer(response, c.answer_tags, c.missing_tags, c.unclosed_answer)
+
+    def counts(self) -> dict[str, float]:
+        """Nothing beyond the format statuses, which the trainer counts from `scored`."""
+        return {}
 
     def format_zeroed(self, response: str) -> bool:
         """True when the format rule (not the content) gives `response` reward 0."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ import numpy as np
 from ospo_mlx.attribution import credit
 from ospo_mlx.attribution.segment import SegmenterConfig
 from ospo_mlx.config import TrainConfig, dump_config
-from ospo_mlx.data.schema import Task, load_catalog, load_tasks
+from ospo_mlx.data.schema import Product, Task, load_catalog, load_tasks
 from ospo_mlx.errors import ConfigError, OspoError
+from ospo_mlx.reward.base import CombinedReward, Reward
 from ospo_mlx.train import checkpoint as ckpt
 from ospo_mlx.train import distributed as dist
 from ospo_mlx.train.attribute import Attribution, attribute
@@ -35,6 +36,13 @@ from ospo_mlx.train.bookkeeping import (
     zero_std_groups,
 )
 from ospo_mlx.train.interrupt import GracefulStop, TrainingInterrupted, interrupted_message
+from ospo_mlx.train.phases import (
+    CreditRecord,
+    SampleRecord,
+    ScoreRecord,
+    UpdateRecord,
+    step_metrics,
+)
 from ospo_mlx.train.policy import (
     PolicyUpdate,
     adapter_config,
@@ -66,76 +74,59 @@ class StepRecord:
 
 
 class Trainer:
-    """Holds the model, optimizer, data cursor and run directory; `run()` trains to the end."""
+    """Holds the model, reward, optimizer and data cursor; `run()` trains to the end.
+
+    Build it from its parts (`Trainer(model, tokenizer, tasks, reward, optimizer, config)`:
+    nothing touches disk unless `run_dir` is given) or from a config with `from_config`,
+    which loads data, model and reward and writes the run directory.
+    """
 
     def __init__(
         self,
+        model: Any,
+        tokenizer: Any,
+        tasks: Sequence[Task],
+        reward: Reward,
+        optimizer: Any,
         config: TrainConfig,
         *,
-        resume: bool = False,
-        on_step: Callable[[int, dict[str, float]], None] | None = None,
+        catalog: Mapping[str, Product] | None = None,
+        run_dir: Path | None = None,
+        log: RunLog | None = None,
+        checkpoint: ckpt.Checkpoint | None = None,
         world: dist.World | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         from ospo_mlx.data.prompts import encode_prompt
-        from ospo_mlx.models.load import load_model, should_dequantize
-        from ospo_mlx.reward import build_reward
 
-        self.config, self.on_step = config, on_step
-        self.run_dir = config.run_dir()
-        c = config
+        c = self.config = config
+        self.model, self.tokenizer, self.optimizer = model, tokenizer, optimizer
+        self.reward = reward
+        self.catalog: Mapping[str, Product] = catalog if catalog is not None else {}
+        self.tasks: list[Task] = list(tasks)
+        if not self.tasks:
+            raise OspoError("no training tasks; check data.train (or pass tasks)")
+        self.run_dir, self.log, self.on_step = run_dir, log, on_step
         # Data parallel under mlx.launch (one rank per process), else a single process.
         self.world = world if world is not None else dist.init_world()
         dist.check_divisible(c.optim.batch_size, self.world)
-        if not resume and (self.run_dir / "checkpoints" / "latest").exists():
-            raise OspoError(
-                f"{self.run_dir} already holds a trained run; continue it with --resume, "
-                "or choose another --out/--name"
+        if not adapter_weights(model):
+            raise ConfigError(
+                "the model has no LoRA layers; apply them first (train.policy.apply_lora) "
+                "or build the trainer with Trainer.from_config"
             )
-        for key in ("catalog", "train"):
-            path = Path(getattr(c.data, key))
-            if not path.is_file():
-                raise ConfigError(
-                    f"data.{key}: {path} not found (relative paths start at {Path.cwd()}); "
-                    f"run from the project root or set it with --set data.{key}=PATH"
-                )
-        self.catalog = load_catalog(c.data.catalog)
-        self.tasks: list[Task] = load_tasks(c.data.train, self.catalog)[: c.data.max_tasks]
-        # Cheap checks first: a bad resume or prompt fails before the reward model loads.
-        checkpoint = ckpt.load_checkpoint(self.run_dir) if resume else None
-        self.model, self.tokenizer = load_model(
-            c.model.name, trust_remote_code=c.model.trust_remote_code
-        )
-        if should_dequantize(c.model.dequantize):
-            from mlx_lm.utils import dequantize_model
-
-            dequantize_model(self.model)
-            mx.eval(self.model.parameters())
-        self.num_trainable = apply_lora(self.model, c.lora, seed=c.run.seed)
-        if c.model.adapters and checkpoint is None:  # a resumed run's checkpoint holds them
-            from ospo_mlx.train.sft import load_adapter_weights
-
-            load_adapter_weights(self.model, c.model.adapters)
-        self.warmed_up = checkpoint is not None or c.warmup.steps == 0
-        if c.optim.grad_checkpoint:
-            enable_grad_checkpoint(self.model)
+        self.warmed_up = checkpoint is not None or c.sft.steps == 0
         self.prompts = [
             encode_prompt(self.tokenizer, t, self.catalog, c.prompt) for t in self.tasks
         ]
         self.skipped_long = self._drop_long_prompts(model_context(self.model))
-        from ospo_mlx.models.load import cache_dir
-
-        self.reward = build_reward(
-            self.catalog, c.reward.reward_config(), encoder_dir=c.reward.encoder, index_dir=c.reward.index,
-            cache_dir=cache_dir().parent / "embeddings" if c.reward.cache_embeddings else None,
-        )  # fmt: skip
-        self.optimizer = build_optimizer(c.optim, c.optim.steps * c.optim.num_iterations)
         self.segmenter = SegmenterConfig(
             method=c.attribution.segmenter,
             answer_tags=c.prompt.answer_tags,
             max_segments=c.attribution.max_segments,
         ).validate()
         self.step, self.epoch, self.position = 0, 0, 0
-        if checkpoint is not None:
+        if checkpoint is not None:  # before PolicyUpdate: it captures the optimizer state
             ckpt.restore(self.model, self.optimizer, checkpoint)
             self.step = checkpoint.step
             self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
@@ -145,12 +136,65 @@ class Trainer:
             temperature=c.sampling.temperature, max_completion_length=c.sampling.max_new_tokens,
             compile=c.optim.compile, world=self.world,
         )  # fmt: skip
+
+    @property
+    def reward(self) -> CombinedReward:
+        """The reward optimized: a weighted sum (a single reward is a sum of one)."""
+        return self._reward
+
+    @reward.setter
+    def reward(self, reward: Reward) -> None:
+        self._reward = reward if isinstance(reward, CombinedReward) else CombinedReward([reward])
+
+    @classmethod
+    def from_config(
+        cls,
+        config: TrainConfig,
+        *,
+        resume: bool = False,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+        world: dist.World | None = None,
+    ) -> Trainer:
+        """Load data, model (LoRA applied), reward and optimizer from `config`; write RUN/."""
+        from ospo_mlx.data.prompts import user_text
+        from ospo_mlx.models.load import cache_dir
+        from ospo_mlx.reward.build import build_rewards
+
+        c = config
+        run_dir = c.run_dir()
+        world = world if world is not None else dist.init_world()
+        if not resume and (run_dir / "checkpoints" / "latest").exists():
+            raise OspoError(
+                f"{run_dir} already holds a trained run; continue it with --resume, "
+                "or choose another --out/--name"
+            )
+        for key in ("catalog", "train"):
+            path = Path(getattr(c.data, key))
+            if not path.is_file():
+                raise ConfigError(
+                    f"data.{key}: {path} not found (relative paths start at {Path.cwd()}); "
+                    f"run from the project root or set it with --set data.{key}=PATH"
+                )
+        catalog = load_catalog(c.data.catalog)
+        tasks = load_tasks(c.data.train, catalog)[: c.data.max_tasks]
+        # Cheap checks first: a bad resume or prompt fails before the reward model loads.
+        checkpoint = ckpt.load_checkpoint(run_dir) if resume else None
+        model, tokenizer = load_policy_model(c, load_adapters=checkpoint is None)
+        reward = build_rewards(
+            c.reward, catalog, prompt_of=lambda task: user_text(task, catalog, c.prompt),
+            cache_dir=cache_dir().parent / "embeddings",
+        )  # fmt: skip
+        optimizer = build_optimizer(c.optim, c.optim.steps * c.optim.num_iterations)
         # Only rank 0 writes the run directory.
-        self.log = (
-            RunLog(self.run_dir, dump_config(c), resume_step=self.step if resume else None)
-            if self.world.is_main
+        log = (
+            RunLog(run_dir, dump_config(c), resume_step=checkpoint.step if checkpoint else None)
+            if world.is_main
             else None
         )
+        return cls(
+            model, tokenizer, tasks, reward, optimizer, c, catalog=catalog, run_dir=run_dir,
+            log=log, checkpoint=checkpoint, world=world, on_step=on_step,
+        )  # fmt: skip
 
     def _drop_long_prompts(self, context: int | None) -> int:
         """Skip tasks whose prompt leaves no room for the completion; returns how many."""
@@ -212,76 +256,99 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def train_step(self) -> StepRecord:
-        from ospo_mlx.train.rollout import SamplingConfig, sample_groups
+    def sample(self, step: int) -> SampleRecord:
+        """Phase 1: G completions for each of this rank's next prompts."""
+        from ospo_mlx.train.rollout import sample_groups
 
         c, g = self.config, self.config.optim.num_generations
-        step = self.step + 1
-        mx.reset_peak_memory()
-        t_start = time.perf_counter()
+        t0 = time.perf_counter()
         indices = dist.shard(self.next_task_indices(), self.world)  # this rank's prompts
-        tasks = [self.tasks[i] for i in indices for _ in range(g)]
         prompts = [self.prompts[i] for i in indices]
-
-        known = {f.name for f in fields(SamplingConfig)}
-        sampling = SamplingConfig(
-            **{k: v for k, v in vars(c.sampling).items() if k in known}, num_generations=g
-        )
         self.model.eval()  # no LoRA dropout while sampling
         rollouts = sample_groups(
-            self.model, self.tokenizer, prompts, sampling,
+            self.model, self.tokenizer, prompts, c.sampling, num_generations=g,
             seed=c.run.seed * 1_000_003 + step + 104_729 * self.world.rank,
         )  # fmt: skip
-        texts, ids = list(rollouts.texts), [list(map(int, t)) for t in rollouts.completion_tokens]
-        offsets, finished = rollouts.token_offsets, list(rollouts.finished)
-        t_sample = time.perf_counter()
+        return SampleRecord(
+            indices=indices,
+            tasks=[self.tasks[i] for i in indices for _ in range(g)],
+            prompts=prompts,
+            texts=list(rollouts.texts),
+            ids=[list(map(int, t)) for t in rollouts.completion_tokens],
+            offsets=rollouts.token_offsets,
+            finished=list(rollouts.finished),
+            seconds=time.perf_counter() - t0,
+        )
 
-        raw = np.asarray(self.reward.score(texts, tasks), dtype=np.float64)
-        rewards, nonfinite = sanitize_rewards(raw)
-        if self.reward.reward_metric == "ndcg@10":  # the default: no second retrieval pass
-            ndcg = raw
-        else:
-            ndcg = np.asarray(
-                self.reward.metrics(texts, tasks).get("ndcg@10", raw), dtype=np.float64
+    def score(self, sample: SampleRecord) -> ScoreRecord:
+        """Phase 2: rewards, each reward's part, and GRPO advantages over all ranks' groups."""
+        c, g = self.config, self.config.optim.num_generations
+        t0 = time.perf_counter()
+        texts, tasks = sample.texts, sample.tasks
+        parts = self.reward.score_parts(texts, tasks)
+        rewards, nonfinite = sanitize_rewards(self.reward.combine(list(parts.values())))
+        ndcg = None
+        retrieval = self.reward.retrieval
+        if retrieval is not None:  # the default metric needs no second retrieval pass
+            ndcg = (
+                parts[retrieval.name]
+                if retrieval.reward_metric == "ndcg@10"
+                else retrieval.metrics(texts, tasks).get("ndcg@10", parts[retrieval.name])
             )
         # Advantages over the combined batch of all ranks (batch scaling needs its std).
         all_rewards = dist.gather(rewards, self.world)
         all_adv = credit.grpo_advantages(all_rewards, g, c.optim.scale_rewards)
-        all_flat = zero_std_groups(all_rewards, g)
-        all_adv[np.repeat(all_flat, g)] = 0.0  # equal rewards: exactly zero, whatever the scaling
+        flat = zero_std_groups(all_rewards, g)
+        all_adv[np.repeat(flat, g)] = 0.0  # equal rewards: exactly zero, whatever the scaling
         mine = slice(self.world.rank * len(rewards), (self.world.rank + 1) * len(rewards))
-        seq_adv = all_adv[mine]
-        t_reward = time.perf_counter()
-
-        attribute = c.algorithm == "ospo" or c.run.log_attributions
         scored = [self.reward.scored(t) for t in texts]
-        status = [st for _, st in scored]
-        zeroed = np.array([text is None for text, _ in scored], dtype=bool)
-        # A completion the format rule scored 0 has no content to credit: uniform (GRPO) weights.
-        active = (seq_adv != 0.0) & ~zeroed if c.algorithm == "ospo" else np.ones(len(texts), bool)
-        attr = self.attribute(texts, offsets, tasks, active) if attribute else None
-        lengths = [len(t) for t in ids]
+        return ScoreRecord(
+            rewards=rewards, parts=parts, all_rewards=all_rewards, flat_groups=flat,
+            advantages=all_adv[mine], status=[st for _, st in scored],
+            zeroed=np.array([text is None for text, _ in scored], dtype=bool),
+            nonfinite=nonfinite, ndcg=ndcg, seconds=time.perf_counter() - t0,
+        )  # fmt: skip
+
+    def credit(self, sample: SampleRecord, score: ScoreRecord) -> CreditRecord:
+        """Phase 3: segment credit (OSPO) or the broadcast sequence advantage (GRPO)."""
+        c = self.config
+        t0 = time.perf_counter()
+        attr = None
+        if c.algorithm == "ospo" or c.run.log_attributions:
+            # A completion the format rule scored 0 has no content to credit: GRPO's weights.
+            active = (
+                (score.advantages != 0.0) & ~score.zeroed
+                if c.algorithm == "ospo"
+                else np.ones(len(sample.texts), bool)
+            )
+            attr = self.attribute(sample.texts, sample.offsets, sample.tasks, active)
+        lengths = sample.lengths
         weights, no_segments = (
             fallback_weights(attr.segments, attr.weights)
             if attr
             else ([np.ones(n) for n in lengths], 0)
         )
         token_adv = token_advantages(
-            c.algorithm, seq_adv, weights, lengths, rewards, c.attribution,
+            c.algorithm, score.advantages, weights, lengths, score.rewards, c.attribution,
             in_segments=attr.in_segments if attr else None,
         )  # fmt: skip
-        t_attr = time.perf_counter()
+        score.counts = self.reward.counts()  # coalition calls count too (none_coalitions)
+        return CreditRecord(attr, weights, token_adv, no_segments, time.perf_counter() - t0)
 
-        prompt_rows = [p for p in prompts for _ in range(g)]
+    def update_policy(self, sample: SampleRecord, credit: CreditRecord) -> UpdateRecord:
+        """Phase 4: num_iterations clipped updates on this step's rollouts."""
+        c, g = self.config, self.config.optim.num_generations
+        t0 = time.perf_counter()
         pad = (
             getattr(self.tokenizer, "pad_token_id", None)
             or getattr(self.tokenizer, "eos_token_id", 0)
             or 0
         )
+        lengths = sample.lengths
         batch = pack_batch(
-            prompt_rows,
-            ids,
-            [row[:n] for row, n in zip(token_adv, lengths, strict=True)],
+            [p for p in sample.prompts for _ in range(g)],
+            sample.ids,
+            [row[:n] for row, n in zip(credit.token_advantages, lengths, strict=True)],
             pad_id=pad,
         )
         if c.optim.beta > 0:
@@ -294,60 +361,57 @@ class Trainer:
             if iteration == 0:
                 batch.old_logps = result.logps  # pi_old: the sampling policy, before any update
             results.append(result.metrics)
-        t_end = time.perf_counter()
+        metrics = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+        metrics["grad_norm"] = results[-1]["grad_norm"]
+        return UpdateRecord(
+            metrics, float(self.optimizer.learning_rate.item()), time.perf_counter() - t0
+        )
 
+    def train_step(self) -> StepRecord:
+        """sample -> score -> credit -> update; returns the metrics row and the rollouts."""
+        step = self.step + 1
+        mx.reset_peak_memory()
+        sample = self.sample(step)
+        score = self.score(sample)
+        credit_record = self.credit(sample, score)
+        update = self.update_policy(sample, credit_record)
         self.step = step
-        update = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
-        update["grad_norm"] = results[-1]["grad_norm"]
-        gen_tokens = int(sum(lengths))
-        metrics = {
-            "step": step,
-            "reward": float(all_rewards.mean()),
-            "reward_std": float(all_rewards.std()),
-            "frac_reward_zero_std": float(all_flat.mean()),
-            **update,
-            "completions/mean_length": float(np.mean(lengths)),
-            "completions/min_length": float(np.min(lengths)),
-            "completions/max_length": float(np.max(lengths)),
-            "completions/clipped_ratio": float(1.0 - np.mean(finished)),
-            "learning_rate": float(self.optimizer.learning_rate.item()),
-            "ndcg@10": float(np.nan_to_num(ndcg).mean()),
-            "ospo/segments_mean": float(np.mean([len(s) for s in attr.segments])) if attr else 0.0,
-            "ospo/coalitions": float(attr.evaluated) if attr else 0.0,
-            "ospo/no_answer_tags": float(status.count("missing_tags")),
-            "ospo/unclosed_answer": float(status.count("unclosed")),
-            "ospo/format_zeroed": float(zeroed.sum()),
-            "ospo/no_segments": float(no_segments),
-            "skipped/prompt_too_long": float(self.skipped_long),
-            "reward/nonfinite": float(nonfinite),
-            "time/sample": t_sample - t_start,
-            "time/reward": t_reward - t_sample,
-            "time/attribution": t_attr - t_reward,
-            "time/update": t_end - t_attr,
-            "time/step": t_end - t_start,
-            "tokens_per_second": gen_tokens / max(t_end - t_start, 1e-9),
-            "peak_memory_gb": mx.get_peak_memory() / 1e9,
-        }
+        metrics = step_metrics(
+            step, sample, score, credit_record, update,
+            skipped_long=self.skipped_long, peak_memory_gb=mx.get_peak_memory() / 1e9,
+        )  # fmt: skip
         metrics = dist.reduce_metrics(metrics, self.world, keep=GLOBAL_METRICS)
-        rows = []
-        if c.run.log_rollouts:
-            for i, text in enumerate(texts):
-                task = tasks[i]
-                rows.append({
-                    "step": step, "group": self.world.rank * len(prompts) + i // g, "member": i % g, "task_id": task.id,
-                    "prompt": task.query if task.query is not None else self.prompt_text(task),
-                    "completion": text, "token_ids": ids[i],
-                    "token_offsets": [list(map(int, o)) for o in offsets[i]],
-                    "reward": float(rewards[i]), "advantage": float(seq_adv[i]),
-                    "segments": [list(s) for s in attr.segments[i]] if attr else [],
-                    "coalitions": [np.flatnonzero(m).tolist() for m in attr.coalitions[i]] if attr else [],
-                    "coalition_values": attr.values[i].tolist() if attr else [],
-                    "owen": attr.owen[i].tolist() if attr else [],
-                    "token_weights": weights[i].tolist(),
-                    "token_advantages": token_adv[i, : lengths[i]].tolist(),
-                    "algorithm": c.algorithm,
-                })  # fmt: skip
+        rows = (
+            self.rollout_rows(step, sample, score, credit_record)
+            if self.config.run.log_rollouts
+            else []
+        )
         return StepRecord(metrics, rows)
+
+    def rollout_rows(
+        self, step: int, sample: SampleRecord, score: ScoreRecord, credit_record: CreditRecord
+    ) -> list[dict[str, Any]]:
+        """rollouts.jsonl rows of this step (docs/run_format.md)."""
+        g, attr = self.config.optim.num_generations, credit_record.attribution
+        rows = []
+        for i, text in enumerate(sample.texts):
+            task = sample.tasks[i]
+            rows.append({
+                "step": step, "group": self.world.rank * len(sample.prompts) + i // g, "member": i % g,
+                "task_id": task.id,
+                "prompt": task.query if task.query is not None else self.prompt_text(task),
+                "completion": text, "token_ids": sample.ids[i],
+                "token_offsets": [list(map(int, o)) for o in sample.offsets[i]],
+                "reward": float(score.rewards[i]), "advantage": float(score.advantages[i]),
+                "segments": [list(s) for s in attr.segments[i]] if attr else [],
+                "coalitions": [np.flatnonzero(m).tolist() for m in attr.coalitions[i]] if attr else [],
+                "coalition_values": attr.values[i].tolist() if attr else [],
+                "owen": attr.owen[i].tolist() if attr else [],
+                "token_weights": credit_record.weights[i].tolist(),
+                "token_advantages": credit_record.token_advantages[i, : sample.lengths[i]].tolist(),
+                "algorithm": self.config.algorithm,
+            })  # fmt: skip
+        return rows
 
     # ------------------------------------------------------------------ run
 
@@ -359,35 +423,42 @@ class Trainer:
         )  # fmt: skip
 
     def warm_up(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> Any:
-        """The supervised format warm-up (`warmup.steps` > 0), once, before the first RL step.
+        """The supervised format warm-up (`sft.steps` > 0), once, before the first RL step.
 
-        Its adapters and losses go to RUN/warmup/; a resumed run skips it (its checkpoint
-        already holds the warmed-up adapters). Returns the SFTResult, or None when skipped.
+        Its adapters and losses go to RUN/warmup/ (nowhere without a run directory); a resumed
+        run skips it (its checkpoint already holds the warmed-up adapters). Returns the
+        SFTResult, or None when skipped.
         """
         if self.warmed_up:
             return None
         from ospo_mlx.train.sft import SFTConfig, warm_up_model
 
-        w, c = self.config.warmup, self.config
-        sft = SFTConfig(**asdict(w), seed=c.run.seed)
+        c = self.config
+        sft = SFTConfig(**asdict(c.sft), seed=c.run.seed)
+        out = self.run_dir / "warmup" if self.world.is_main and self.run_dir is not None else None
         result = warm_up_model(
             self.model, self.tokenizer, self.tasks, self.catalog, c.prompt, sft,
-            out=self.run_dir / "warmup" if self.world.is_main else None, lora=c.lora,
-            on_step=on_step, compile=c.optim.compile,
+            out=out, lora=c.lora, on_step=on_step, compile=c.optim.compile,
         )  # fmt: skip
         self.warmed_up = True
         return result
 
-    def run(self, max_steps: int | None = None) -> list[dict[str, float]]:
-        """Train until `optim.steps` (or `max_steps` more steps); checkpoint on schedule and at the end.
+    def run(
+        self,
+        max_steps: int | None = None,
+        *,
+        on_warmup_step: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Warm up (once, if configured), then train until `optim.steps` (or `max_steps` more).
 
+        Checkpoints on schedule and at the end when the trainer has a run directory.
         SIGINT/SIGTERM finish the current step, write a checkpoint and raise TrainingInterrupted
         (a second Ctrl-C exits at once); every rank stops at the same step.
         """
         total = self.config.optim.steps
         stop = total if max_steps is None else min(total, self.step + max_steps)
         history = []
-        self.warm_up()
+        self.warm_up(on_warmup_step)
         try:
             with GracefulStop() as signals:
                 while self.step < stop:
@@ -418,7 +489,28 @@ class Trainer:
         return history
 
     def save(self) -> Path | None:
-        """Checkpoint now (rank 0 only; other ranks hold the same adapters)."""
-        if not self.world.is_main:
+        """Checkpoint now (rank 0 with a run directory only; other ranks hold the same adapters)."""
+        if not self.world.is_main or self.run_dir is None:
             return None
         return self._save()
+
+
+def load_policy_model(config: TrainConfig, *, load_adapters: bool = True) -> tuple[Any, Any]:
+    """The configured model and tokenizer, LoRA applied (and `model.adapters` loaded)."""
+    from ospo_mlx.models.load import load_model, should_dequantize
+
+    c = config
+    model, tokenizer = load_model(c.model.name, trust_remote_code=c.model.trust_remote_code)
+    if should_dequantize(c.model.dequantize):
+        from mlx_lm.utils import dequantize_model
+
+        dequantize_model(model)
+        mx.eval(model.parameters())
+    apply_lora(model, c.lora, seed=c.run.seed)
+    if c.model.adapters and load_adapters:  # a resumed run's checkpoint holds them instead
+        from ospo_mlx.train.sft import load_adapter_weights
+
+        load_adapter_weights(model, c.model.adapters)
+    if c.optim.grad_checkpoint:
+        enable_grad_checkpoint(model)
+    return model, tokenizer

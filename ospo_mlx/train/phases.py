@@ -1,0 +1,124 @@
+"""The records one training step's phases return, and the one function that builds its metrics.
+
+A step is sample -> score -> credit -> update; each phase returns a small record, and
+`step_metrics` turns the four into the metrics.jsonl row (before the cross-rank reduction,
+whose per-key rules live in train/distributed.py; the progress view reads the same row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ospo_mlx.data.schema import Task
+from ospo_mlx.train.attribute import Attribution
+
+
+@dataclass
+class SampleRecord:
+    """This rank's prompts and their G completions each (prompt-major)."""
+
+    indices: list[int]  # task indices of this rank's prompts
+    tasks: list[Task]  # one per completion
+    prompts: list[list[int]]  # one per prompt
+    texts: list[str]
+    ids: list[list[int]]
+    offsets: list[Any]
+    finished: list[bool]
+    seconds: float = 0.0
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(t) for t in self.ids]
+
+
+@dataclass
+class ScoreRecord:
+    """Rewards (sanitized), each reward's part, and the GRPO sequence advantages."""
+
+    rewards: np.ndarray  # (B,) this rank, non-finite replaced by 0
+    parts: dict[str, np.ndarray]  # each reward's (B,) scores, NaN where it does not apply
+    all_rewards: np.ndarray  # every rank's rewards (advantages are normalized over them)
+    flat_groups: np.ndarray  # (groups,) bool over every rank: equal rewards in the group
+    advantages: np.ndarray  # (B,) this rank's sequence advantages
+    status: list[str]  # answer-rule status per completion: ok, missing_tags, unclosed
+    zeroed: np.ndarray  # (B,) bool: the answer rule scored it 0
+    nonfinite: int = 0
+    ndcg: np.ndarray | None = None  # (B,) ndcg@10 when a retrieval reward is part of the sum
+    counts: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class CreditRecord:
+    """Per-token advantages and the attribution they came from (None: not attributed)."""
+
+    attribution: Attribution | None
+    weights: list[np.ndarray]
+    token_advantages: np.ndarray  # (B, T)
+    no_segments: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class UpdateRecord:
+    """The policy update's metrics (averaged over num_iterations; grad_norm of the last)."""
+
+    metrics: dict[str, float]
+    learning_rate: float = 0.0
+    seconds: float = 0.0
+
+
+def step_metrics(
+    step: int,
+    sample: SampleRecord,
+    score: ScoreRecord,
+    credit: CreditRecord,
+    update: UpdateRecord,
+    *,
+    skipped_long: int = 0,
+    peak_memory_gb: float = 0.0,
+) -> dict[str, float]:
+    """This rank's metrics row for one step (TRL's names where they exist)."""
+    from ospo_mlx.reward.base import part_metrics
+
+    lengths = sample.lengths
+    attr = credit.attribution
+    total = sample.seconds + score.seconds + credit.seconds + update.seconds
+    status = score.status
+    row = {
+        "step": step,
+        "reward": float(score.all_rewards.mean()),
+        "reward_std": float(score.all_rewards.std()),
+        "frac_reward_zero_std": float(score.flat_groups.mean()),
+        **update.metrics,
+        **part_metrics(score.parts),
+        "completions/mean_length": float(np.mean(lengths)),
+        "completions/min_length": float(np.min(lengths)),
+        "completions/max_length": float(np.max(lengths)),
+        "completions/clipped_ratio": float(1.0 - np.mean(sample.finished)),
+        "learning_rate": update.learning_rate,
+    }
+    if score.ndcg is not None:
+        row["ndcg@10"] = float(np.nan_to_num(score.ndcg).mean())
+    row |= {
+        "ospo/segments_mean": float(np.mean([len(s) for s in attr.segments])) if attr else 0.0,
+        "ospo/coalitions": float(attr.evaluated) if attr else 0.0,
+        "ospo/no_answer_tags": float(status.count("missing_tags")),
+        "ospo/unclosed_answer": float(status.count("unclosed")),
+        "ospo/format_zeroed": float(score.zeroed.sum()),
+        "ospo/no_segments": float(credit.no_segments),
+        "skipped/prompt_too_long": float(skipped_long),
+        "reward/nonfinite": float(score.nonfinite),
+        **score.counts,
+        "time/sample": sample.seconds,
+        "time/reward": score.seconds,
+        "time/attribution": credit.seconds,
+        "time/update": update.seconds,
+        "time/step": total,
+        "tokens_per_second": int(sum(lengths)) / max(total, 1e-9),
+        "peak_memory_gb": peak_memory_gb,
+    }
+    return row
