@@ -176,6 +176,15 @@ class RetrievalReward:
             texts.append(None if body is None else self.with_query(body, task))
         return texts
 
+    def evaluate_texts(
+        self, texts: Sequence[str | None], tasks: Sequence[Task], names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Metrics (B,) of ready retrieval texts (answer rule and query prefix already applied;
+        None scores 0): what `ospo eval` scores, with the same gains as training."""
+        if len(texts) != len(tasks):
+            raise ValueError(f"{len(texts)} texts but {len(tasks)} tasks")
+        return self._evaluate(list(texts), np.arange(len(tasks)), tasks, list(names))
+
     def score(self, responses: Sequence[str], tasks: Sequence[Task]) -> np.ndarray:
         """Reward (B,) of full responses (their answer region when tagged)."""
         texts = self._full_texts(responses, tasks)
