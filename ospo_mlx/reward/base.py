@@ -10,7 +10,8 @@ this task" (TRL's None): the weighted sum skips it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,15 +19,47 @@ from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import ConfigError
 
 
-@runtime_checkable
-class Reward(Protocol):
-    """What the trainer, `ospo attribute` and `ospo eval` need from a reward."""
+@dataclass
+class CoalitionBatch:
+    """Every coalition text of a batch; `rows[j]` is the response (and task) of text j."""
 
-    name: str  # metrics are logged as rewards/<name>/mean and rewards/<name>/std
+    texts: list[str | None]
+    rows: np.ndarray
+    responses: Sequence[str]
+    tasks: Sequence[Task]
+
+
+class Reward:
+    """What the trainer, `ospo attribute` and `ospo eval` need from a reward.
+
+    Subclass it (or duck-type the same methods). Subclasses implement `score`, `scored` and
+    the two coalition hooks; `coalition_values` then evaluates every coalition of a batch with
+    one `_coalition_scores` call.
+    """
+
+    name: str = "reward"  # metrics are logged as rewards/<name>/mean and rewards/<name>/std
 
     def score(self, responses: Sequence[str], tasks: Sequence[Task]) -> np.ndarray:
         """(B,) reward of each full response; NaN where the reward does not apply to the task."""
-        ...
+        raise NotImplementedError
+
+    def scored(self, response: str) -> tuple[str | None, str]:
+        """(scored text or None when the format rule gives 0, status: ok/missing_tags/unclosed)."""
+        raise NotImplementedError
+
+    def counts(self) -> dict[str, float]:
+        """Counters since the last call (e.g. non-finite values), reset on read."""
+        return {}
+
+    def coalition_texts(
+        self, response: str, spans: Sequence[tuple[int, int]], masks: np.ndarray, task: Task
+    ) -> list[str | None]:
+        """The text the reward scores for each coalition row of `masks (C, n)`."""
+        raise NotImplementedError
+
+    def _coalition_scores(self, batch: CoalitionBatch) -> np.ndarray:
+        """Values of all coalition texts of a batch, in one evaluation."""
+        raise NotImplementedError
 
     def coalition_values(
         self,
@@ -36,18 +69,28 @@ class Reward(Protocol):
         tasks: Sequence[Task],
     ) -> list[np.ndarray]:
         """v(S) (C_i,) for every coalition row of every response, evaluated in one batch."""
-        ...
+        if not (len(responses) == len(segments) == len(coalition_masks) == len(tasks)):
+            raise ValueError(
+                "responses, segments, coalition_masks and tasks must have the same length"
+            )
+        texts: list[str | None] = []
+        rows: list[int] = []
+        sizes = []
+        for i, (resp, spans, masks, task) in enumerate(
+            zip(responses, segments, coalition_masks, tasks, strict=True)
+        ):
+            got = self.coalition_texts(resp, spans, masks, task)
+            texts += got
+            rows += [i] * len(got)
+            sizes.append(len(got))
+        if not sizes:
+            return []
+        batch = CoalitionBatch(texts, np.array(rows, dtype=np.int64), responses, tasks)
+        values = self._coalition_scores(batch)
+        return np.split(values, np.cumsum(sizes)[:-1])
 
-    def scored(self, response: str) -> tuple[str | None, str]:
-        """(scored text or None when the format rule gives 0, status: ok/missing_tags/unclosed)."""
-        ...
 
-    def counts(self) -> dict[str, float]:
-        """Counters since the last call (e.g. non-finite values), reset on read."""
-        ...
-
-
-class CombinedReward:
+class CombinedReward(Reward):
     """sum_k w_k * reward_k, for full responses and for coalitions alike.
 
     Rewards returning NaN for a row (not applicable) are left out of that row's sum; a row
@@ -103,18 +146,11 @@ class CombinedReward:
     def score(self, responses: Sequence[str], tasks: Sequence[Task]) -> np.ndarray:
         return self.combine(list(self.score_parts(responses, tasks).values()))
 
-    def coalition_values(
-        self,
-        responses: Sequence[str],
-        segments: Sequence[Sequence[tuple[int, int]]],
-        coalition_masks: Sequence[np.ndarray],
-        tasks: Sequence[Task],
-    ) -> list[np.ndarray]:
-        per_reward = [
-            r.coalition_values(responses, segments, coalition_masks, tasks) for r in self.rewards
-        ]
+    def coalition_values(self, *batch: Sequence[Any]) -> list[np.ndarray]:
+        """sum_k w_k v_k(S) per coalition; arguments as `Reward.coalition_values`."""
+        per_reward = [r.coalition_values(*batch) for r in self.rewards]
         out = []
-        for i in range(len(responses)):
+        for i in range(len(batch[0])):
             v = self.combine([values[i] for values in per_reward])
             none = np.isnan(v)
             self._none_coalitions += int(none.sum())

@@ -28,6 +28,7 @@ import numpy as np
 from ospo_mlx.attribution.segment import scored_answer
 from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import ConfigError, OspoError
+from ospo_mlx.reward.base import CoalitionBatch, Reward
 from ospo_mlx.reward.config import RewardConfig
 from ospo_mlx.reward.retrieval import coalition_text
 
@@ -80,7 +81,7 @@ def task_fields(tasks: Sequence[Task]) -> dict[str, list[Any]]:
     }
 
 
-class FunctionReward:
+class FunctionReward(Reward):
     """A TRL-style reward function as a `Reward`; non-finite values count and score 0."""
 
     def __init__(
@@ -174,26 +175,21 @@ class FunctionReward:
             )
         return out
 
-    def coalition_values(
-        self,
-        responses: Sequence[str],
-        segments: Sequence[Sequence[tuple[int, int]]],
-        coalition_masks: Sequence[np.ndarray],
-        tasks: Sequence[Task],
-    ) -> list[np.ndarray]:
+    def coalition_texts(
+        self, response: str, spans: Sequence[tuple[int, int]], masks: np.ndarray, task: Task
+    ) -> list[str | None]:
+        """The answer text of each coalition (no query prefix); "" for the empty coalition."""
+        masks = np.asarray(masks, dtype=bool).reshape(-1, len(spans))
+        return [coalition_text(response, spans, m, self.config.coalition_text) for m in masks]
+
+    def _coalition_scores(self, batch: CoalitionBatch) -> np.ndarray:
         """v(S) = fn(text of S) for every coalition of the batch, in one call; v(empty) = fn("")."""
-        texts: list[str] = []
-        rows: list[int] = []
-        sizes = []
-        for i, (resp, spans, masks) in enumerate(
-            zip(responses, segments, coalition_masks, strict=True)
-        ):
-            masks = np.asarray(masks, dtype=bool).reshape(-1, len(spans))
-            texts += [coalition_text(resp, spans, m, self.config.coalition_text) for m in masks]
-            rows += [i] * len(masks)
-            sizes.append(len(masks))
-        values = self._call(texts, [tasks[i] for i in rows], [responses[i] for i in rows])
-        return np.split(values, np.cumsum(sizes)[:-1]) if sizes else []
+        rows = batch.rows
+        return self._call(
+            [t or "" for t in batch.texts],
+            [batch.tasks[i] for i in rows],
+            [batch.responses[i] for i in rows],
+        )
 
     def metrics(self, responses: Sequence[str], tasks: Sequence[Task]) -> dict[str, np.ndarray]:
         return {self.name: self.score(responses, tasks)}

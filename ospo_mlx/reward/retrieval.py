@@ -18,6 +18,7 @@ from ospo_mlx.attribution.segment import scored_answer
 from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.reward import metrics as M
+from ospo_mlx.reward.base import CoalitionBatch, Reward
 from ospo_mlx.reward.config import RewardConfig
 from ospo_mlx.reward.retrievers import Retriever
 
@@ -60,7 +61,7 @@ def query_prefixed(text: str, task: Task, prepend_query: bool | None) -> str:
     return text
 
 
-class RetrievalReward:
+class RetrievalReward(Reward):
     """Retrieval-quality reward over a Retriever (dense MiniLM by default; see `build_reward`)."""
 
     name = "retrieval"
@@ -87,10 +88,6 @@ class RetrievalReward:
         """(scored text or None, format status: ok, missing_tags or unclosed); see `scored_answer`."""
         c = self.config
         return scored_answer(response, c.answer_tags, c.missing_tags, c.unclosed_answer)
-
-    def counts(self) -> dict[str, float]:
-        """Nothing beyond the format statuses, which the trainer counts from `scored`."""
-        return {}
 
     def format_zeroed(self, response: str) -> bool:
         """True when the format rule (not the content) gives `response` reward 0."""
@@ -215,32 +212,10 @@ class RetrievalReward:
                 )
         return out
 
-    def coalition_values(
-        self,
-        responses: Sequence[str],
-        segments: Sequence[Sequence[tuple[int, int]]],
-        coalition_masks: Sequence[np.ndarray],
-        tasks: Sequence[Task],
-    ) -> list[np.ndarray]:
-        """v(S) for every coalition of every completion, in one batched pass: list of (C_i,)."""
-        if not (len(responses) == len(segments) == len(coalition_masks) == len(tasks)):
-            raise ValueError(
-                "responses, segments, coalition_masks and tasks must have the same length"
-            )
-        texts: list[str | None] = []
-        rows: list[int] = []
-        sizes = []
-        for i, (resp, spans, masks, task) in enumerate(
-            zip(responses, segments, coalition_masks, tasks, strict=True)
-        ):
-            ct = self.coalition_texts(resp, spans, masks, task)
-            texts.extend(ct)
-            rows.extend([i] * len(ct))
-            sizes.append(len(ct))
-        values = self._evaluate(texts, np.array(rows, dtype=np.int64), tasks, [self.reward_metric])[
-            self.reward_metric
-        ]
-        return np.split(values, np.cumsum(sizes)[:-1]) if sizes else []
+    def _coalition_scores(self, batch: CoalitionBatch) -> np.ndarray:
+        """All coalition texts of the batch: deduplicated, encoded, ranked and scored at once."""
+        name = self.reward_metric
+        return self._evaluate(batch.texts, batch.rows, batch.tasks, [name])[name]
 
     def coalition_values_sequential(
         self,
