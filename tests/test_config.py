@@ -155,3 +155,18 @@ def test_one_reward_section_holds_retrieval_and_function_options():
     assert TrainConfig().reward.__class__ is RewardConfig
     cfg = load_config(None, ["reward.gain_map={'3': 1.0}", "reward.retrieval_weight=0.5"])
     assert cfg.reward.gain_map == {"3": 1.0} and cfg.reward.retrieval_weight == 0.5
+
+
+def test_cli_warmup_steps_flag_is_a_deprecated_alias_of_sft_steps():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "train", "--config", "configs/tiny.yaml",
+         "--warmup-steps", "-1"],
+        cwd=CONFIGS.parent, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    warning, error = proc.stderr.splitlines()
+    assert warning.startswith("warning: --warmup-steps is deprecated, use --sft-steps")
+    assert error.startswith("error: sft: steps must be >= 0")  # it set sft.steps
