@@ -372,6 +372,13 @@ def test_progress_prints_one_plain_line_per_step_without_a_tty():
     assert len(lines) == 2
     assert lines[0].startswith("step 2/3 | reward 0.2500 | ndcg@10 0.2500")
     assert "sample 1.0" in lines[0] and "mem 0.50GB" in lines[0] and "eta" in lines[0]
+    # several rewards in the sum: each one's mean; no retrieval reward: no ndcg@10
+    from ospo_mlx.ui.progress import plain_line
+
+    parts = {"reward": 0.5, "rewards/retrieval/mean": 0.4, "rewards/kw/mean": 0.2}
+    assert "| retrieval 0.4000 | kw 0.2000 |" in plain_line(1, 3, parts, None)
+    assert "ndcg" not in plain_line(1, 3, {"reward": 0.5, "rewards/kw/mean": 0.5}, None)
+    assert "kw" not in plain_line(1, 3, {"reward": 0.5, "rewards/kw/mean": 0.5}, None)
     assert trend([0.1, 0.2, 0.3]) == "↑" and trend([0.3, 0.1]) == "↓" and trend([1.0]) == "·"
     assert format_duration(125) == "2m05s" and format_duration(3700) == "1h01m"
     # the live view renders without error too
