@@ -92,7 +92,7 @@ def test_catalog_errors(tmp_path, lines, match):
             r"\['nope'\] not in the catalog",
         ),
         ({"id": "t", "kind": "other", "targets": {"a": 1}}, "kind 'other'"),
-        ({"id": "t", "kind": "query_expansion", "targets": {"p": 1}, "query": "q"}, "'targets' is empty"),
+        ({"id": "t", "kind": "query_expansion", "targets": {}, "query": "q"}, "'targets' is empty"),
         (
             {"id": "t", "kind": "query_expansion", "targets": {"a": "x"}, "query": "q"},
             "gains must be numbers",

@@ -7,6 +7,7 @@ whose per-key rules live in train/distributed.py; the progress view reads the sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,3 +123,36 @@ def step_metrics(
         "peak_memory_gb": peak_memory_gb,
     }
     return row
+
+
+def rollout_rows(
+    step: int,
+    sample: SampleRecord,
+    score: ScoreRecord,
+    credit: CreditRecord,
+    config: Any,
+    *,
+    rank: int = 0,
+    prompt_text: Callable[[Task], str] = lambda task: "",
+) -> list[dict[str, Any]]:
+    """rollouts.jsonl rows of one step on one rank (docs/run_format.md)."""
+    g, attr = config.optim.num_generations, credit.attribution
+    rows = []
+    for i, text in enumerate(sample.texts):
+        task = sample.tasks[i]
+        rows.append({
+            "step": step, "group": rank * len(sample.prompts) + i // g, "member": i % g,
+            "task_id": task.id,
+            "prompt": task.query if task.query is not None else prompt_text(task),
+            "completion": text, "token_ids": sample.ids[i],
+            "token_offsets": [list(map(int, o)) for o in sample.offsets[i]],
+            "reward": float(score.rewards[i]), "advantage": float(score.advantages[i]),
+            "segments": [list(s) for s in attr.segments[i]] if attr else [],
+            "coalitions": [np.flatnonzero(m).tolist() for m in attr.coalitions[i]] if attr else [],
+            "coalition_values": attr.values[i].tolist() if attr else [],
+            "owen": attr.owen[i].tolist() if attr else [],
+            "token_weights": credit.weights[i].tolist(),
+            "token_advantages": credit.token_advantages[i, : sample.lengths[i]].tolist(),
+            "algorithm": config.algorithm,
+        })  # fmt: skip
+    return rows

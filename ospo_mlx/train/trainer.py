@@ -41,6 +41,7 @@ from ospo_mlx.train.phases import (
     SampleRecord,
     ScoreRecord,
     UpdateRecord,
+    rollout_rows,
     step_metrics,
 )
 from ospo_mlx.train.policy import (
@@ -185,16 +186,14 @@ class Trainer:
             cache_dir=cache_dir().parent / "embeddings",
         )  # fmt: skip
         optimizer = build_optimizer(c.optim, c.optim.steps * c.optim.num_iterations)
-        # Only rank 0 writes the run directory.
-        log = (
-            RunLog(run_dir, dump_config(c), resume_step=checkpoint.step if checkpoint else None)
-            if world.is_main
-            else None
-        )
-        return cls(
+        trainer = cls(
             model, tokenizer, tasks, reward, optimizer, c, catalog=catalog, run_dir=run_dir,
-            log=log, checkpoint=checkpoint, world=world, on_step=on_step,
+            checkpoint=checkpoint, world=world, on_step=on_step,
         )  # fmt: skip
+        if world.is_main:  # only rank 0 writes the run directory, once everything loaded
+            resume_step = checkpoint.step if checkpoint else None
+            trainer.log = RunLog(run_dir, dump_config(c), resume_step=resume_step)
+        return trainer
 
     def _drop_long_prompts(self, context: int | None) -> int:
         """Skip tasks whose prompt leaves no room for the completion; returns how many."""
@@ -381,37 +380,13 @@ class Trainer:
             skipped_long=self.skipped_long, peak_memory_gb=mx.get_peak_memory() / 1e9,
         )  # fmt: skip
         metrics = dist.reduce_metrics(metrics, self.world, keep=GLOBAL_METRICS)
-        rows = (
-            self.rollout_rows(step, sample, score, credit_record)
-            if self.config.run.log_rollouts
-            else []
-        )
-        return StepRecord(metrics, rows)
-
-    def rollout_rows(
-        self, step: int, sample: SampleRecord, score: ScoreRecord, credit_record: CreditRecord
-    ) -> list[dict[str, Any]]:
-        """rollouts.jsonl rows of this step (docs/run_format.md)."""
-        g, attr = self.config.optim.num_generations, credit_record.attribution
         rows = []
-        for i, text in enumerate(sample.texts):
-            task = sample.tasks[i]
-            rows.append({
-                "step": step, "group": self.world.rank * len(sample.prompts) + i // g, "member": i % g,
-                "task_id": task.id,
-                "prompt": task.query if task.query is not None else self.prompt_text(task),
-                "completion": text, "token_ids": sample.ids[i],
-                "token_offsets": [list(map(int, o)) for o in sample.offsets[i]],
-                "reward": float(score.rewards[i]), "advantage": float(score.advantages[i]),
-                "segments": [list(s) for s in attr.segments[i]] if attr else [],
-                "coalitions": [np.flatnonzero(m).tolist() for m in attr.coalitions[i]] if attr else [],
-                "coalition_values": attr.values[i].tolist() if attr else [],
-                "owen": attr.owen[i].tolist() if attr else [],
-                "token_weights": credit_record.weights[i].tolist(),
-                "token_advantages": credit_record.token_advantages[i, : sample.lengths[i]].tolist(),
-                "algorithm": self.config.algorithm,
-            })  # fmt: skip
-        return rows
+        if self.config.run.log_rollouts:
+            rows = rollout_rows(
+                step, sample, score, credit_record, self.config, rank=self.world.rank,
+                prompt_text=self.prompt_text,
+            )  # fmt: skip
+        return StepRecord(metrics, rows)
 
     # ------------------------------------------------------------------ run
 
