@@ -455,6 +455,25 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return validate(config)
 
 
+def config_from_run(data: dict[str, Any]) -> TrainConfig:
+    """A finished run's config.yaml as a TrainConfig (`ospo eval`); defaults when empty.
+
+    `model.adapters` (what training started from) is dropped: readers of a run use the run's
+    own adapters, and the start adapters may have moved since.
+    """
+    import copy
+
+    if not data:
+        return TrainConfig()
+    data = copy.deepcopy(data)
+    if isinstance(data.get("model"), dict):
+        data["model"]["adapters"] = None
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"the run's config.yaml: {exc}") from None
+
+
 def dump_config(config: TrainConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)
 

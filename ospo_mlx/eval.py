@@ -130,24 +130,6 @@ def build_retriever(spec: str, catalog: dict[str, Any], reward: RewardConfig) ->
     return encoder_retriever(catalog, None if spec == "dense" else spec)
 
 
-def run_config(train_config: dict[str, Any]) -> Any:
-    """The run's TrainConfig through `config_from_dict` (defaults for adapters without a run)."""
-    import copy
-
-    from ospo_mlx.config import TrainConfig, config_from_dict
-
-    if not train_config:
-        return TrainConfig()
-    data = copy.deepcopy(train_config)
-    if isinstance(data.get("model"), dict):
-        # The adapters training started from are not needed here (and may have moved since).
-        data["model"]["adapters"] = None
-    try:
-        return config_from_dict(data)
-    except ConfigError as exc:
-        raise ConfigError(f"the run's config.yaml: {exc}") from None
-
-
 def generate(
     model: Any, tokenizer: Any, prompts: list[list[int]], args: EvalArgs
 ) -> tuple[list[str], list[int]]:
@@ -200,11 +182,12 @@ def _system_from_responses(
 
 
 def _load_inputs(args: EvalArgs):
+    from ospo_mlx.config import config_from_run
     from ospo_mlx.data.schema import load_catalog, load_tasks
     from ospo_mlx.export.source import resolve_source
 
     source = resolve_source(args.run, args.adapters, args.model)
-    config = run_config(source.train_config)
+    config = config_from_run(source.train_config)
     catalog_path = args.catalog or (config.data.catalog if source.train_config else None)
     if args.tasks is None:
         raise ConfigError("pass --tasks EVAL.jsonl (held-out tasks; never the training split)")

@@ -253,19 +253,19 @@ def test_cli_eval(tiny_eval, tmp_path):
 
 
 def test_run_config_feeds_eval_through_config_from_dict():
+    from ospo_mlx.config import config_from_run
     from ospo_mlx.errors import ConfigError
-    from ospo_mlx.eval import run_config
 
-    config = run_config(
+    config = config_from_run(
         {"prompt": {"answer_tags": ["<a>", "</a>"]}, "reward": {"prepend_query": False,
          "answer_tags": ["<a>", "</a>"], "gain_map": {"3": 1.0}},
          "model": {"adapters": "/moved/away"}}
     )  # fmt: skip
     assert config.prompt.answer_tags == ("<a>", "</a>") and config.reward.prepend_query is False
     assert config.reward.gain_map == {"3": 1.0} and config.model.adapters is None
-    assert run_config({}).reward.mode == "pool"  # adapters without a run: the defaults
+    assert config_from_run({}).reward.mode == "pool"  # adapters without a run: the defaults
     with pytest.raises(ConfigError, match=r"run's config.yaml: unknown config key 'reward\.retriever'"):
-        run_config({"reward": {"retriever": "bm25"}})
+        config_from_run({"reward": {"retriever": "bm25"}})
 
 
 def test_format_rule_of_the_run_decides_eval_answers():
