@@ -166,7 +166,7 @@ def run_config(base: Any, algorithm: str, seed: int, steps: int, out: Path) -> A
     cfg.run.name = f"{algorithm}-seed{seed}"
     cfg.run.out = str(out / cfg.run.name)
     cfg.run.save_every = steps  # adapters once, at the end
-    cfg.warmup.steps = 0  # every run starts from the bench's one shared warm-up instead
+    cfg.sft.steps = 0  # every run starts from the bench's one shared warm-up instead
     return cfg
 
 
@@ -184,7 +184,7 @@ def train_one(
     run_dir = Path(cfg.run.out)
     if run_dir.exists():  # an interrupted run: start it again from scratch
         shutil.rmtree(run_dir)
-    trainer = Trainer(cfg)
+    trainer = Trainer.from_config(cfg)
     load_adapter_weights(trainer.model, sft_dir)
     start = None
     if start_eval and test_tasks:

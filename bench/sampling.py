@@ -50,10 +50,10 @@ def main() -> None:
         tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
         for q in QUESTIONS[:n_prompts]
     ]
-    config = SamplingConfig(num_generations=g, max_new_tokens=max_new, temperature=1.0)
+    config = SamplingConfig(max_new_tokens=max_new, temperature=1.0)
 
     def run_ospo(seed: int) -> float:
-        r = sample_groups(model, tok, prompts, config, seed=seed)
+        r = sample_groups(model, tok, prompts, config, num_generations=g, seed=seed)
         return r.stats.generation_tokens / r.stats.wall_s
 
     def run_mlx_lm(seed: int) -> float:

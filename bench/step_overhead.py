@@ -41,7 +41,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         overrides = [*args.overrides, "run.log_attributions=false", "run.save_every=100000"]
         cfg = load_config(path, overrides, **{"run.out": out, "optim.steps": 2 * (pairs + 1)})
-        trainer = Trainer(cfg)
+        trainer = Trainer.from_config(cfg)
         times: dict[str, list[dict[str, float]]] = {"grpo": [], "ospo": []}
         for i in range(2 * (pairs + 1)):
             algorithm = ("grpo", "ospo")[i % 2]

@@ -46,25 +46,13 @@ def attribute(
     from rich.console import Console
 
     from ospo_mlx.attribution.config import AttributionConfig
-    from ospo_mlx.data.schema import load_catalog, load_tasks, task_from_dict
-    from ospo_mlx.errors import OspoError
+    from ospo_mlx.data.schema import find_task, load_catalog
     from ospo_mlx.reward.coalitions import attribute_response, token_counts
     from ospo_mlx.reward.retrieval import RewardConfig, build_reward
     from ospo_mlx.ui.renderables import coalition_table, segment_table
 
     products = load_catalog(catalog)
-    if task_json is not None:
-        try:
-            the_task = task_from_dict(json.loads(task_json), where="--task-json")
-        except json.JSONDecodeError as exc:
-            raise OspoError(f"--task-json is not valid JSON ({exc.msg})") from None
-    elif tasks is not None and task is not None:
-        found = [t for t in load_tasks(tasks, products) if t.id == task]
-        if not found:
-            raise OspoError(f"task '{task}' is not in {tasks}; check the id (the 'id' column)")
-        the_task = found[0]
-    else:
-        raise OspoError("pass --tasks FILE --task ID, or --task-json '{...}'")
+    the_task = find_task(products, tasks=tasks, task_id=task, task_json=task_json)
     if mode == "pool" and the_task.pool is None:
         mode = "catalog"  # a task without candidates is ranked against the whole catalog
     config = RewardConfig(mode=mode, coalition_text=coalition_text)

@@ -77,6 +77,9 @@ def eval_cmd(
             f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", verdict,
         )  # fmt: skip
     console.print(diffs)
+    for r in report.get("function_rewards", []):  # the run's reward.functions, per system
+        mean = "n/a" if r["mean"] is None else f"{r['mean']:.4f}"
+        console.print(f"reward {r['reward']} · {r['system']}: mean {mean} ({r['not_applicable']} n/a)")
     console.print(f"wrote {path}")
 
 

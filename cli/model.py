@@ -83,10 +83,8 @@ def generate(
     tokens = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], add_generation_prompt=True
     )
-    config = SamplingConfig(
-        num_generations=num, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
-    )
-    rollouts = sample_groups(loaded, tokenizer, [tokens], config)
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
+    rollouts = sample_groups(loaded, tokenizer, [tokens], config, num_generations=num, seed=seed)
     for i, text in enumerate(rollouts.texts):
         end = "eos" if rollouts.finished[i] else "max tokens"
         typer.echo(f"[{i}] ({len(rollouts.completion_tokens[i])} tokens, {end}) {text}")

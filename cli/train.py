@@ -27,10 +27,13 @@ def train(
     adapters: Path | None = typer.Option(
         None, "--adapters", help="Start from these mlx-lm adapters (model.adapters)."
     ),
-    warmup_steps: int | None = typer.Option(
+    sft_steps: int | None = typer.Option(
         None,
-        "--warmup-steps",
-        help="Supervised answer-format warm-up updates first (warmup.steps).",
+        "--sft-steps",
+        help="Supervised answer-format warm-up updates before RL (sft.steps).",
+    ),
+    warmup_steps: int | None = typer.Option(
+        None, "--warmup-steps", hidden=True, help="Deprecated: use --sft-steps."
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run from its last complete checkpoint."
@@ -44,9 +47,15 @@ def train(
 ) -> None:
     """Train LoRA adapters with OSPO or GRPO; writes runs/<name>/ (metrics, rollouts, adapters)."""
     from ospo_mlx.config import load_config
-    from ospo_mlx.errors import OspoError
     from ospo_mlx.train.interrupt import TrainingInterrupted
+    from ospo_mlx.train.session import resume_config_path
 
+    if warmup_steps is not None:
+        sys.stderr.write(
+            "warning: --warmup-steps is deprecated, use --sft-steps (optim.warmup_steps is the "
+            "learning-rate warm-up)\n"
+        )
+        sft_steps = warmup_steps if sft_steps is None else sft_steps
     flags = {
         "optim.steps": steps,
         "run.out": str(out) if out else None,
@@ -55,16 +64,10 @@ def train(
         "model.name": model,
         "run.seed": seed,
         "model.adapters": str(adapters) if adapters else None,
-        "warmup.steps": warmup_steps,
+        "sft.steps": sft_steps,
     }
-    if resume and config is None:
-        # Resuming without --config: continue with the run's own resolved config.
-        run_dir = out or Path("runs") / (name or "run")
-        config = run_dir / "config.yaml"
-        if not config.is_file():
-            raise OspoError(
-                f"no run to resume at {run_dir} ({config} is missing); start it without --resume"
-            )
+    if resume and config is None:  # continue with the run's own resolved config
+        config = resume_config_path(out, name)
     cfg = load_config(config, overrides, **flags)
     try:
         history = run_with_progress(cfg, resume=resume, live=False if plain else None)
@@ -89,33 +92,37 @@ def run_with_progress(
 
     Under mlx.launch only rank 0 shows progress (and writes the run directory).
     """
-    from ospo_mlx.errors import OspoError
-    from ospo_mlx.train.trainer import Trainer
+    from contextlib import ExitStack
+
+    from ospo_mlx.train.session import start_training
     from ospo_mlx.ui.progress import TrainProgress
 
-    trainer = Trainer(config, resume=resume)
-    if trainer.step >= config.optim.steps:
-        raise OspoError(
-            f"{trainer.run_dir}: already trained {trainer.step} steps; raise --steps to continue"
-        )
+    trainer = start_training(config, resume=resume)
     if not trainer.world.is_main:
         return trainer.run()
     title = f"ospo train {config.algorithm} · {trainer.run_dir}"
     if trainer.world.distributed:
         title += f" · {trainer.world.size} ranks"
-    if not trainer.warmed_up:
-        steps = config.warmup.steps
-        report = max(1, steps // 10)
+    sft_steps = config.sft.steps
+    report = max(1, sft_steps // 10)
 
-        def show(i: int, row: dict[str, float]) -> None:
-            if i == 1 or i % report == 0 or i == steps:
-                typer.echo(f"warm-up {i}/{steps}: loss {row['loss']:.4f} ({row['time/step']:.1f}s)")
+    def show_sft(i: int, row: dict[str, float]) -> None:
+        if i == 1 or i % report == 0 or i == sft_steps:
+            typer.echo(f"warm-up {i}/{sft_steps}: loss {row['loss']:.4f} ({row['time/step']:.1f}s)")
+        if i == sft_steps:
+            typer.echo(f"warm-up done: {trainer.run_dir / 'warmup'}")
 
-        result = trainer.warm_up(on_step=show)
-        typer.echo(f"warm-up done in {result.seconds:.0f}s: {trainer.run_dir / 'warmup'}")
-    with TrainProgress(config.optim.steps, trainer.step, title=title, live=live) as progress:
-        trainer.on_step = progress.update
-        return trainer.run()
+    with ExitStack() as stack:
+        view: list[TrainProgress] = []
+
+        def show_step(step: int, row: dict[str, float]) -> None:
+            if not view:  # opened at the first RL step, after the warm-up's plain lines
+                progress = TrainProgress(config.optim.steps, step - 1, title=title, live=live)
+                view.append(stack.enter_context(progress))
+            view[0].update(step, row)
+
+        trainer.on_step = show_step
+        return trainer.run(on_warmup_step=show_sft)
 
 
 # TRL GRPOConfig options users look for by name (all options: docs/run_format.md). Static text:

@@ -21,8 +21,7 @@ from ospo_mlx.attribution.config import AttributionConfig
 from ospo_mlx.data.prompts import PromptConfig
 from ospo_mlx.errors import ConfigError
 from ospo_mlx.options import apply_options, nest, parse_override
-from ospo_mlx.reward.retrieval import RewardConfig as RetrievalRewardConfig
-from ospo_mlx.reward.retrieval import legacy_empty_value
+from ospo_mlx.reward.config import RewardConfig, legacy_empty_value
 
 
 @dataclass
@@ -90,8 +89,11 @@ class DataConfig:
 
 @dataclass
 class SamplingConfig:
+    """How completions are sampled (TRL GRPOConfig names where they exist); the group size is
+    `optim.num_generations`, the seed `run.seed` (`sample_groups` takes both as arguments)."""
+
     max_new_tokens: int = field(
-        default=48, metadata={"help": "Maximum completion length in tokens."}
+        default=48, metadata={"help": "Maximum sampled tokens per completion (EOS included)."}
     )
     temperature: float = field(
         default=1.0,
@@ -99,33 +101,38 @@ class SamplingConfig:
     )
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1.0 = off)."})
     top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
-    min_p: float = field(default=0.0, metadata={"help": "Min-p sampling threshold (0 = off)."})
+    min_p: float = field(
+        default=0.0,
+        metadata={"help": "Drop tokens less likely than min_p times the most likely one; 0 = off."},
+    )
     batch_size: int = field(default=64, metadata={"help": "Most completions decoded at once."})
-
-
-@dataclass
-class RewardConfig(RetrievalRewardConfig):
-    """The retrieval reward's own options plus where its encoder lives."""
-
-    encoder: str | None = field(
-        default=None,
-        metadata={"help": "Sentence-embedding model directory; null = embedded all-MiniLM-L6-v2."},
+    prefill_batch_size: int = field(
+        default=8, metadata={"help": "Prompts prefilled together by the batch generator."}
     )
-    index: str | None = field(
-        default=None,
-        metadata={"help": "Catalog index directory built by `ospo index`; null = embed now."},
+    prefill_step_size: int = field(
+        default=2048, metadata={"help": "Prompt tokens processed per forward pass during prefill."}
     )
-    cache_embeddings: bool = field(
+    share_prompt_prefill: bool = field(
         default=True,
-        metadata={"help": "Reuse catalog embeddings across runs ($OSPO_CACHE/embeddings)."},
+        metadata={"help": "Prefill each prompt once and reuse its KV cache for its G completions."},
     )
 
-    def reward_config(self) -> RetrievalRewardConfig:
-        """The options the reward module takes (without `encoder`)."""
-        names = {f.name for f in dataclasses.fields(RetrievalRewardConfig)}
-        return RetrievalRewardConfig(
-            **{k: v for k, v in dataclasses.asdict(self).items() if k in names}
-        )
+    def validate(self) -> SamplingConfig:
+        """Raise ConfigError on an out-of-range option (temperature 0 = greedy); returns self."""
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0"),
+            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.prefill_batch_size >= 1, "prefill_batch_size must be >= 1"),
+            (self.prefill_step_size >= 1, "prefill_step_size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"sampling: {message}")
+        return self
 
 
 @dataclass
@@ -278,7 +285,11 @@ class RunConfig:
 
 @dataclass
 class WarmupConfig:
-    """Supervised format warm-up before the first RL step (ospo_mlx/train/sft.py)."""
+    """The `sft` section: supervised format warm-up before the first RL step (train/sft.py).
+
+    Named `sft`, not `warmup`, so it cannot be confused with `optim.warmup_steps` (TRL's
+    learning-rate warm-up); the old `warmup` key still loads, with a one-line warning.
+    """
 
     steps: int = field(
         default=0,
@@ -312,7 +323,7 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    sft: WarmupConfig = field(default_factory=WarmupConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -326,6 +337,26 @@ class TrainConfig:
 
 # Keys that moved, so old configs get a pointer instead of a guess.
 MOVED_KEYS = {"prompt.missing_tags": "reward.missing_tags"}
+# Sections renamed that still load (old name -> new name), with a one-line warning.
+RENAMED_SECTIONS = {"warmup": "sft"}
+
+
+def _renamed(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` with deprecated section names replaced; warns once per use on stderr."""
+    import sys
+
+    out = dict(data)
+    for old, new in RENAMED_SECTIONS.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{where}: both '{old}' and '{new}' are set; keep only '{new}'")
+        sys.stderr.write(
+            f"warning: config key '{old}' is deprecated, use '{new}' (the SFT warm-up; "
+            "optim.warmup_steps is the learning-rate warm-up)\n"
+        )
+        out[new] = out.pop(old)
+    return out
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -351,14 +382,14 @@ def validate(config: TrainConfig) -> TrainConfig:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
-    w = config.warmup
+    w = config.sft
     if w.steps < 0 or w.batch_size < 1 or w.learning_rate <= 0:
         raise ConfigError(
-            "warmup: steps must be >= 0, batch_size >= 1 and learning_rate > 0, got "
+            "sft: steps must be >= 0, batch_size >= 1 and learning_rate > 0, got "
             f"{w.steps}, {w.batch_size}, {w.learning_rate}"
         )
     if w.max_tasks is not None and w.max_tasks < 1:
-        raise ConfigError(f"warmup.max_tasks: must be at least 1 or null, got {w.max_tasks}")
+        raise ConfigError(f"sft.max_tasks: must be at least 1 or null, got {w.max_tasks}")
     if config.model.adapters is not None and not Path(config.model.adapters).is_dir():
         raise ConfigError(
             f"model.adapters: {config.model.adapters} is not a directory; pass an mlx-lm adapter "
@@ -378,6 +409,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"sampling.temperature: must be > 0, got {s.temperature}")
     if not 0 < s.top_p <= 1:
         raise ConfigError(f"sampling.top_p: must be in (0, 1], got {s.top_p}")
+    s.validate()
     if o.learning_rate <= 0:
         raise ConfigError(f"optim.learning_rate: must be > 0, got {o.learning_rate}")
     if o.epsilon < 0 or (o.epsilon_high is not None and o.epsilon_high < 0):
@@ -407,7 +439,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         )
     a.validate()
     try:
-        config.reward.reward_config().validate()
+        config.reward.validate()
     except ConfigError as exc:
         raise ConfigError(
             str(exc) if str(exc).startswith("reward.") else f"reward: {exc}"
@@ -445,17 +477,19 @@ def load_config(
             raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        apply_options(config, data, moved=MOVED_KEYS)
+        apply_options(config, _renamed(data, str(path)), moved=MOVED_KEYS)
         if config.run.name is None:
             config.run.name = path.stem
     for text in overrides or []:
         keys, value = parse_override(text)
         if not keys:
             raise ConfigError(f"--set {text!r}: empty key")
-        apply_options(config, nest(keys, value), moved=MOVED_KEYS)
+        apply_options(config, _renamed(nest(keys, value), "--set"), moved=MOVED_KEYS)
     for dotted, value in values.items():
         if value is not None:
-            apply_options(config, nest(dotted.split("."), value), moved=MOVED_KEYS)
+            apply_options(
+                config, _renamed(nest(dotted.split("."), value), dotted), moved=MOVED_KEYS
+            )
     if config.run.name is None:
         config.run.name = "run"
     return validate(config)
@@ -464,8 +498,27 @@ def load_config(
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from `to_dict()` output (e.g. a run's config.yaml)."""
     config = TrainConfig()
-    apply_options(config, legacy_empty_value(data), moved=MOVED_KEYS)
+    apply_options(config, legacy_empty_value(_renamed(data, "config")), moved=MOVED_KEYS)
     return validate(config)
+
+
+def config_from_run(data: dict[str, Any]) -> TrainConfig:
+    """A finished run's config.yaml as a TrainConfig (`ospo eval`); defaults when empty.
+
+    `model.adapters` (what training started from) is dropped: readers of a run use the run's
+    own adapters, and the start adapters may have moved since.
+    """
+    import copy
+
+    if not data:
+        return TrainConfig()
+    data = copy.deepcopy(data)
+    if isinstance(data.get("model"), dict):
+        data["model"]["adapters"] = None
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"the run's config.yaml: {exc}") from None
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -2,8 +2,10 @@
 
 Each system writes one text per task (the raw query, or the answer inside the answer tags of
 a generated response); each retriever ranks the catalog for it and the ranking is scored
-against the task's judged products. Paired per-task differences get a seeded bootstrap
-confidence interval, so a gain can be told from noise.
+against the task's judged products. Scoring goes through the training reward's own objects
+(`RetrievalReward` with the run's `reward` section: answer rule, query prefix, gains and
+gain_map), and the run's function rewards are reported per system too. Paired per-task
+differences get a seeded bootstrap confidence interval, so a gain can be told from noise.
 """
 
 from __future__ import annotations
@@ -11,16 +13,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ospo_mlx.errors import ConfigError, OspoError
+from ospo_mlx.reward.config import EVAL_METRICS, RewardConfig
 
-EVAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr", "hit@10")
-RANK_DEPTH = 100  # deepest cutoff among EVAL_METRICS
 SYSTEMS = ("raw", "base", "adapters")
 
 
@@ -89,37 +90,35 @@ def raw_text(task: Any, catalog: dict[str, Any]) -> str:
 
 
 def score_texts(
-    retriever: Any, texts: Sequence[str], tasks: Sequence[Any], names: Sequence[str] = EVAL_METRICS
+    retriever: Any,
+    texts: Sequence[str | None],
+    tasks: Sequence[Any],
+    names: Sequence[str] = EVAL_METRICS,
+    config: RewardConfig | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-text metrics (len(texts),) of `texts[i]` (written for `tasks[i]`) under `retriever`.
+    """Per-text metrics (len(texts),) of retrieval `texts[i]` (for `tasks[i]`) under `retriever`.
 
+    Scored by the training reward's code (`RetrievalReward`, with `config`'s gains/gain_map);
+    tasks are ranked within their pools when every task has one, else over the whole catalog.
     A None text (an answer the training format rule scores 0) scores 0 on every metric.
     """
-    from ospo_mlx.reward.metrics import Judgments, compute
-
-    index = {pid: i for i, pid in enumerate(retriever.product_ids)}
-    keep = np.array([t is not None for t in texts], dtype=bool)
-    kept = np.flatnonzero(keep)
-    pools = None
-    if all(t.pool for t in tasks):
-        pools = [
-            np.array([index[p] for p in tasks[i].pool if p in index], dtype=np.int64) for i in kept
-        ]
-    ranked = np.full((len(texts), RANK_DEPTH), -1, dtype=np.int64)
-    if len(kept):
-        got = retriever.rank([texts[i] for i in kept], RANK_DEPTH, pools)
-        ranked[kept, : got.shape[1]] = got
-    judgments = Judgments([t.targets for t in tasks], index)
-    out = compute(names, judgments.gains(ranked), judgments.ideal(RANK_DEPTH), judgments.n_relevant)
-    return {name: np.where(keep, v, 0.0) for name, v in out.items()}
+    return retrieval_reward(retriever, tasks, config).evaluate_texts(texts, tasks, names)
 
 
-def build_retriever(spec: str, catalog: dict[str, Any], train_config: dict[str, Any]) -> Any:
-    """A retriever for `spec`: 'train', 'bm25', 'dense' (default encoder) or an encoder dir."""
-    reward = train_config.get("reward") if isinstance(train_config.get("reward"), dict) else {}
+def retrieval_reward(retriever: Any, tasks: Sequence[Any], config: RewardConfig | None = None):
+    """The run's RetrievalReward over `retriever` (pool mode only when every task has a pool)."""
+    from ospo_mlx.reward.retrieval import RetrievalReward
+
+    config = config or RewardConfig()
+    mode = config.mode if all(t.pool for t in tasks) else "catalog"
+    return RetrievalReward(retriever, replace(config, mode=mode))
+
+
+def build_retriever(spec: str, catalog: dict[str, Any], reward: RewardConfig) -> Any:
+    """A retriever for `spec`: 'train' (the run's reward encoder), 'bm25', 'dense' (the default
+    encoder) or an encoder directory."""
     if spec == "train":
-        kind = str(reward.get("retriever", "dense"))
-        spec = "bm25" if kind == "bm25" else (reward.get("encoder") or "dense")
+        spec = reward.encoder or "dense"
     if spec == "bm25":
         from ospo_mlx.reward.bm25 import BM25Retriever
 
@@ -171,29 +170,25 @@ class SystemOutput:
 
 
 def _system_from_responses(
-    name: str, texts: list[str], lengths: list[int], tags: tuple[str, str], reward: dict[str, Any]
+    name: str, texts: list[str], lengths: list[int], tasks: list[Any], reward: Any
 ) -> SystemOutput:
-    """Scored answers by the run's own rule (`reward.missing_tags`, `reward.unclosed_answer`)."""
-    from ospo_mlx.attribution.segment import scored_answer
-    from ospo_mlx.reward.retrieval import RewardConfig
-
-    defaults = RewardConfig()
-    missing = reward.get("missing_tags", defaults.missing_tags)
-    unclosed = reward.get("unclosed_answer", defaults.unclosed_answer)
-    scored = [scored_answer(t, tags, missing, unclosed) for t in texts]
-    formatted = [status == "ok" for _, status in scored]
-    return SystemOutput(name, texts, [a for a, _ in scored], lengths, formatted)
+    """Retrieval texts by the reward's own answer rule and query prefix, as in training."""
+    scored = [reward.scored(t) for t in texts]
+    answers = [
+        None if a is None else reward.with_query(a, task)
+        for (a, _), task in zip(scored, tasks, strict=True)
+    ]
+    return SystemOutput(name, texts, answers, lengths, [st == "ok" for _, st in scored])
 
 
 def _load_inputs(args: EvalArgs):
+    from ospo_mlx.config import config_from_run
     from ospo_mlx.data.schema import load_catalog, load_tasks
     from ospo_mlx.export.source import resolve_source
 
     source = resolve_source(args.run, args.adapters, args.model)
-    data = (
-        source.train_config.get("data") if isinstance(source.train_config.get("data"), dict) else {}
-    )
-    catalog_path = args.catalog or (data.get("catalog") if data else None)
+    config = config_from_run(source.train_config)
+    catalog_path = args.catalog or (config.data.catalog if source.train_config else None)
     if args.tasks is None:
         raise ConfigError("pass --tasks EVAL.jsonl (held-out tasks; never the training split)")
     if not catalog_path:
@@ -204,61 +199,78 @@ def _load_inputs(args: EvalArgs):
         tasks = tasks[: args.max_tasks]
     if not tasks:
         raise OspoError(f"{args.tasks} has no tasks to evaluate")
-    return source, catalog, tasks
+    return source, config, catalog, tasks
 
 
 def run_systems(
-    args: EvalArgs, source: Any, catalog: dict[str, Any], tasks: list[Any]
+    args: EvalArgs,
+    source: Any,
+    config: Any,
+    catalog: dict[str, Any],
+    tasks: list[Any],
+    rule: Any,
 ) -> list[SystemOutput]:
-    """Raw texts, then base-model responses, then the same model with the adapters loaded."""
-    from ospo_mlx.data.prompts import PromptConfig, encode_prompt
+    """Raw texts, then base-model responses, then the same model with the adapters loaded.
+
+    `rule` is a reward of the run (a RetrievalReward): its answer rule and query prefix turn
+    responses into retrieval texts exactly as in training.
+    """
+    from ospo_mlx.data.prompts import encode_prompt
     from ospo_mlx.export.fused import load_base
-    from ospo_mlx.reward.retrieval import query_prefixed
     from ospo_mlx.safety import load_adapters_checked
 
     n = args.num_samples
     repeated = [t for t in tasks for _ in range(n)]
     raw = [raw_text(t, catalog) for t in repeated]
     systems = [SystemOutput("raw", raw, raw)]
-    # The run's own prompt and retrieval-text settings, so eval scores what training rewarded.
-    prompt_config = PromptConfig(**_section(source.train_config, "prompt", PromptConfig))
-    reward_section = _section(source.train_config, "reward", None)
-    prepend = reward_section.get("prepend_query")
+    # The run's own prompt and reward settings, so eval scores what training rewarded.
     model, tokenizer, _, _ = load_base(source.base_model)
-    prompts = [encode_prompt(tokenizer, t, catalog, prompt_config) for t in tasks]
+    prompts = [encode_prompt(tokenizer, t, catalog, config.prompt) for t in tasks]
     for name in ("base", "adapters"):
         if name == "adapters":
             # Shapes are checked against this base first: adapters for another base are refused.
             model = load_adapters_checked(model, source.adapter_dir)
             model.eval()
         texts, lengths = generate(model, tokenizer, prompts, args)
-        system = _system_from_responses(
-            name, texts, lengths, prompt_config.answer_tags, reward_section
-        )
-        system.answers = [
-            None if a is None else query_prefixed(a, t, prepend)
-            for a, t in zip(system.answers, repeated, strict=True)
-        ]
-        systems.append(system)
+        systems.append(_system_from_responses(name, texts, lengths, repeated, rule))
     return systems
 
 
-def _section(train_config: dict[str, Any], name: str, cls: Any) -> dict[str, Any]:
-    """A section of the run's config.yaml as keyword arguments (only `cls`'s fields when given)."""
-    section = train_config.get(name)
-    if not isinstance(section, dict):
-        return {}
-    if cls is None:
-        return dict(section)
-    known = {f.name for f in fields(cls)}
-    out = {k: v for k, v in section.items() if k in known}
-    if isinstance(out.get("answer_tags"), list):
-        out["answer_tags"] = tuple(out["answer_tags"])
-    return out
+def function_scores(
+    systems: list[SystemOutput], tasks: list[Any], config: Any, catalog: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Mean score of each of the run's reward.functions per generating system (rows)."""
+    if not config.reward.functions:
+        return []
+    from ospo_mlx.data.prompts import user_text
+    from ospo_mlx.reward.functions import FunctionReward, load_function
+
+    rows = []
+    for spec in config.reward.functions:
+        reward = FunctionReward(
+            load_function(spec), config.reward,
+            prompt_of=lambda t: user_text(t, catalog, config.prompt),
+        )  # fmt: skip
+        for system in systems:
+            if system.lengths is None:  # the raw query is not a response
+                continue
+            n = len(system.texts) // len(tasks)  # num_samples responses per task
+            scores = reward.score(system.texts, [t for t in tasks for _ in range(n)])
+            applies = scores[~np.isnan(scores)]
+            rows.append({
+                "system": system.name, "reward": reward.name,
+                "mean": float(applies.mean()) if applies.size else None,
+                "not_applicable": int(np.isnan(scores).sum()),
+            })  # fmt: skip
+    return rows
 
 
 def summarize(
-    systems: list[SystemOutput], retrievers: list[Any], tasks: list[Any], args: EvalArgs
+    systems: list[SystemOutput],
+    retrievers: list[Any],
+    tasks: list[Any],
+    args: EvalArgs,
+    reward: RewardConfig | None = None,
 ) -> dict[str, Any]:
     """eval.json content: mean metrics per (system, retriever) and paired comparisons."""
     n = args.num_samples
@@ -267,7 +279,7 @@ def summarize(
     for retriever in retrievers:
         per_task: dict[str, dict[str, np.ndarray]] = {}
         for system in systems:
-            scores = score_texts(retriever, system.answers, repeated)
+            scores = score_texts(retriever, system.answers, repeated, EVAL_METRICS, reward)
             per_task[system.name] = {
                 k: v.reshape(len(tasks), n).mean(axis=1) for k, v in scores.items()
             }
@@ -297,10 +309,14 @@ def evaluate(args: EvalArgs) -> tuple[dict[str, Any], Path]:
         raise ConfigError(
             "--num-samples > 1 needs --temperature > 0 (greedy samples are identical)"
         )
-    source, catalog, tasks = _load_inputs(args)
-    retrievers = [build_retriever(spec, catalog, source.train_config) for spec in args.retrievers]
-    systems = run_systems(args, source, catalog, tasks)
-    report = summarize(systems, retrievers, tasks, args)
+    source, config, catalog, tasks = _load_inputs(args)
+    retrievers = [build_retriever(spec, catalog, config.reward) for spec in args.retrievers]
+    rule = retrieval_reward(retrievers[0], tasks, config.reward) if retrievers else None
+    if rule is None:
+        raise ConfigError("pass at least one --retriever (train, bm25, dense or an encoder dir)")
+    systems = run_systems(args, source, config, catalog, tasks, rule)
+    report = summarize(systems, retrievers, tasks, args, config.reward)
+    report["function_rewards"] = function_scores(systems, tasks, config, catalog)
     report["config"] = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()
     } | {

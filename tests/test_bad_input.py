@@ -246,7 +246,7 @@ def test_missing_answer_tags_are_counted():
 class _StubReward:
     """Rewards with NaN/inf and flat groups, as a broken retriever could produce."""
 
-    reward_metric = "ndcg@10"
+    name = "stub"
 
     def score(self, texts, tasks):
         return np.array([np.nan, np.inf, 0.3, 0.3][: len(texts)])
@@ -269,7 +269,7 @@ def test_counted_skips_are_visible_in_the_metrics(tmp_path, monkeypatch):
 
     monkeypatch.chdir(REPO)
     cfg = load_config(TINY_YAML, ["optim.steps=1"], **{"run.out": str(tmp_path / "run")})
-    trainer = Trainer(cfg)
+    trainer = Trainer.from_config(cfg)
     trainer.reward = _StubReward()
     monkeypatch.setattr(attribute_module, "segment", lambda text, config=None: [])
     record = trainer.train_step()
@@ -287,7 +287,7 @@ def test_counted_skips_are_visible_in_the_metrics(tmp_path, monkeypatch):
 class _FormatZeroReward:
     """Completions 0 and 2 fail the format rule (reward 0); 1 and 3 score by content."""
 
-    reward_metric = "ndcg@10"
+    name = "stub"
 
     def __init__(self):
         self.zeroed: set[str] = set()
@@ -316,7 +316,7 @@ def test_format_zeroed_completions_get_uniform_credit(tmp_path, monkeypatch):
 
     monkeypatch.chdir(REPO)
     cfg = load_config(TINY_YAML, ["optim.steps=1"], **{"run.out": str(tmp_path / "run")})
-    trainer = Trainer(cfg)
+    trainer = Trainer.from_config(cfg)
     stub = _FormatZeroReward()
     trainer.reward = stub
     halves = lambda text, config=None: [(0, len(text) // 2), (len(text) // 2, len(text))]  # noqa: E731

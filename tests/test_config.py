@@ -121,3 +121,52 @@ def test_every_option_has_help():
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.run.name == name
+
+
+def test_old_warmup_section_loads_as_sft_with_a_one_line_warning(tmp_path, capsys):
+    """`warmup` (confusable with optim.warmup_steps) became `sft`; old configs and runs load."""
+    old = write(tmp_path, {"warmup": {"steps": 5, "batch_size": 2}, "optim": {"warmup_steps": 3}})
+    cfg = load_config(old)
+    assert (cfg.sft.steps, cfg.sft.batch_size, cfg.optim.warmup_steps) == (5, 2, 3)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'warmup' is deprecated, use 'sft'" in err
+    assert load_config(None, ["warmup.steps=4"]).sft.steps == 4  # --set too
+    assert config_from_dict({"warmup": {"steps": 2}}).sft.steps == 2  # a run's config.yaml
+    assert "warmup" not in TrainConfig().to_dict() and "sft" in TrainConfig().to_dict()
+    with pytest.raises(ConfigError, match="both 'warmup' and 'sft' are set"):
+        load_config(write(tmp_path, {"warmup": {"steps": 1}, "sft": {"steps": 2}}))
+
+
+def test_one_sampling_section_reaches_every_sampler_option():
+    from ospo_mlx.train import rollout
+
+    assert rollout.SamplingConfig is TrainConfig().sampling.__class__  # one dataclass, not two
+    cfg = load_config(
+        None, ["sampling.share_prompt_prefill=false", "sampling.prefill_step_size=256"]
+    )
+    assert cfg.sampling.share_prompt_prefill is False and cfg.sampling.prefill_step_size == 256
+    with pytest.raises(ConfigError, match="sampling: prefill_batch_size must be >= 1"):
+        load_config(None, ["sampling.prefill_batch_size=0"])
+
+
+def test_one_reward_section_holds_retrieval_and_function_options():
+    from ospo_mlx.reward import RewardConfig
+
+    assert TrainConfig().reward.__class__ is RewardConfig
+    cfg = load_config(None, ["reward.gain_map={'3': 1.0}", "reward.retrieval_weight=0.5"])
+    assert cfg.reward.gain_map == {"3": 1.0} and cfg.reward.retrieval_weight == 0.5
+
+
+def test_cli_warmup_steps_flag_is_a_deprecated_alias_of_sft_steps():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "train", "--config", "configs/tiny.yaml",
+         "--warmup-steps", "-1"],
+        cwd=CONFIGS.parent, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    warning, error = proc.stderr.splitlines()
+    assert warning.startswith("warning: --warmup-steps is deprecated, use --sft-steps")
+    assert error.startswith("error: sft: steps must be >= 0")  # it set sft.steps

@@ -198,3 +198,21 @@ def test_cli_writes_files_and_reports_errors(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "missing column(s)" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_find_task_by_id_or_json(tmp_path):
+    from ospo_mlx.data.schema import find_task
+    from ospo_mlx.errors import OspoError
+
+    catalog = {"p": Product(product_id="p", title="a product")}
+    path = tmp_path / "tasks.jsonl"
+    write_jsonl(path, [Task(id="a", kind="query_expansion", targets={"p": 1.0}, query="x")])
+    assert find_task(catalog, tasks=path, task_id="a").query == "x"
+    got = find_task(catalog, task_json='{"id": "j", "kind": "query_expansion", "targets": {"p": 1}, "query": "q"}')
+    assert got.id == "j" and got.query == "q"
+    with pytest.raises(OspoError, match="task 'b' is not in"):
+        find_task(catalog, tasks=path, task_id="b")
+    with pytest.raises(OspoError, match="--task-json is not valid JSON"):
+        find_task(catalog, task_json="{")
+    with pytest.raises(OspoError, match="pass --tasks FILE --task ID"):
+        find_task(catalog, tasks=path)

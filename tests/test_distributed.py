@@ -65,6 +65,9 @@ def test_metric_reduction_kinds():
     assert dist._reduction("completions/min_length", dist.METRIC_REDUCTIONS) == "min"
     assert dist._reduction("ospo/coalitions", dist.METRIC_REDUCTIONS) == "sum"
     assert dist._reduction("loss", dist.METRIC_REDUCTIONS) == "mean"
+    assert dist._reduction("rewards/kw/none", dist.METRIC_REDUCTIONS) == "sum"  # a count
+    assert dist._reduction("rewards/kw/nonfinite", dist.METRIC_REDUCTIONS) == "sum"
+    assert dist._reduction("rewards/kw/mean", dist.METRIC_REDUCTIONS) == "mean"
 
 
 # ----------------------------------------------------------------------------- two processes

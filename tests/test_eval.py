@@ -18,6 +18,8 @@ from ospo_mlx.data.schema import Product, Task
 from ospo_mlx.errors import OspoError
 from ospo_mlx.eval import EvalArgs, evaluate, paired_bootstrap, score_texts
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "keyword_reward.py"
+
 PRODUCTS = [
     ("p1", "red running shoes for women"),
     ("p2", "blue running shoes for men"),
@@ -190,16 +192,22 @@ def test_eval_sampled_and_run_dir(tiny_eval, tmp_path):
     for name in ("adapters.safetensors", "adapter_config.json"):
         (run / "adapters" / name).write_bytes((tiny_eval["adapters"] / name).read_bytes())
     (run / "config.yaml").write_text(
-        f"model:\n  name: {tiny_eval['base']}\ndata:\n  catalog: {tiny_eval['catalog']}\nreward:\n  retriever: bm25\n"
+        f"model:\n  name: {tiny_eval['base']}\ndata:\n  catalog: {tiny_eval['catalog']}\n"
+        f"reward:\n  functions: ['{EXAMPLE}:keyword_coverage']\n"
+        "warmup:\n  steps: 0\n"  # a run written before `warmup` became `sft` still loads
     )
     args = EvalArgs(
-        tasks=tiny_eval["tasks"], run=run, retrievers=["train", "dense"], num_samples=2, temperature=1.0,
+        tasks=tiny_eval["tasks"], run=run, retrievers=["train", "bm25"], num_samples=2, temperature=1.0,
         max_new_tokens=4, bootstrap=50, max_tasks=2,
     )  # fmt: skip
     report, path = evaluate(args)
     assert path == run / "eval.json" and report["config"]["n_tasks"] == 2
     names = {r["retriever"] for r in report["results"]}
     assert "bm25" in names and any(n.startswith("dense:") for n in names) and len(names) == 2
+    # the run's function reward is scored per generating system, through the same reward object
+    kw = {r["system"]: r for r in report["function_rewards"]}
+    assert set(kw) == {"base", "adapters"} and all(r["reward"] == "keyword_coverage" for r in kw.values())
+    assert all(0 <= r["mean"] <= 1 and r["not_applicable"] == 0 for r in kw.values())
 
 
 def test_eval_user_errors(tiny_eval):
@@ -244,33 +252,58 @@ def test_cli_eval(tiny_eval, tmp_path):
     assert "adapters - base" in res.output and (tmp_path / "e.json").is_file()
 
 
-def test_run_config_sections_feed_eval():
-    from ospo_mlx.data.prompts import PromptConfig
-    from ospo_mlx.eval import _section
+def test_run_config_feeds_eval_through_config_from_dict():
+    from ospo_mlx.config import config_from_run
+    from ospo_mlx.errors import ConfigError
 
-    train_config = {
-        "prompt": {"answer_tags": ["<a>", "</a>"], "bogus": 1},
-        "reward": {"prepend_query": False},
-    }
-    prompt = PromptConfig(**_section(train_config, "prompt", PromptConfig))
-    assert prompt.answer_tags == ("<a>", "</a>")
-    assert _section(train_config, "reward", None) == {"prepend_query": False}
-    assert _section({}, "prompt", PromptConfig) == {}
+    config = config_from_run(
+        {"prompt": {"answer_tags": ["<a>", "</a>"]}, "reward": {"prepend_query": False,
+         "answer_tags": ["<a>", "</a>"], "gain_map": {"3": 1.0}},
+         "model": {"adapters": "/moved/away"}}
+    )  # fmt: skip
+    assert config.prompt.answer_tags == ("<a>", "</a>") and config.reward.prepend_query is False
+    assert config.reward.gain_map == {"3": 1.0} and config.model.adapters is None
+    assert config_from_run({}).reward.mode == "pool"  # adapters without a run: the defaults
+    with pytest.raises(ConfigError, match=r"run's config.yaml: unknown config key 'reward\.retriever'"):
+        config_from_run({"reward": {"retriever": "bm25"}})
 
 
 def test_format_rule_of_the_run_decides_eval_answers():
     """eval scores answers by the run's reward.missing_tags / unclosed_answer, as training did."""
-    from ospo_mlx.eval import _system_from_responses
+    from ospo_mlx.eval import _system_from_responses, retrieval_reward
+    from ospo_mlx.reward import RewardConfig
 
     texts = ["<answer>red shoes</answer>", "<answer>red shoes", "red shoes"]
-    tags = ("<answer>", "</answer>")
-    lenient = _system_from_responses("a", texts, [3, 3, 3], tags, {})
+    tasks = [Task(id="t", kind="shopper_profile", targets={"p1": 1.0})] * 3
+    retriever = FixedRetriever([p for p, _ in PRODUCTS], {})
+    lenient = _system_from_responses(
+        "a", texts, [3, 3, 3], tasks, retrieval_reward(retriever, tasks, RewardConfig())
+    )
     assert lenient.answers == ["red shoes", "red shoes", "red shoes"]
     assert lenient.formatted == [True, False, False]
+    strict_config = RewardConfig(missing_tags="zero", unclosed_answer="zero")
     strict = _system_from_responses(
-        "a", texts, [3, 3, 3], tags, {"missing_tags": "zero", "unclosed_answer": "zero"}
+        "a", texts, [3, 3, 3], tasks, retrieval_reward(retriever, tasks, strict_config)
     )
     assert strict.answers == ["red shoes", None, None]
+    # query expansion: the query is prepended, as the training reward does
+    qe = [Task(id="q", kind="query_expansion", targets={"p1": 1.0}, query="shoes")]
+    got = _system_from_responses("a", texts[:1], [3], qe, retrieval_reward(retriever, qe))
+    assert got.answers == ["shoes red shoes"]
+
+
+def test_eval_scores_with_the_runs_gain_map():
+    """reward.gain_map reaches eval's metrics (score_texts once ignored it)."""
+    from ospo_mlx.reward import RewardConfig
+
+    ids = [p for p, _ in PRODUCTS]
+    task = Task(id="t", kind="query_expansion", targets={"p1": 3.0, "p2": 1.0}, query="q")
+    retriever = FixedRetriever(ids, {"x": ["p2", "p1"]})
+    graded = score_texts(retriever, ["x"], [task])["ndcg@10"][0]
+    remapped = score_texts(
+        retriever, ["x"], [task], config=RewardConfig(gain_map={"3": 1.0, "1": 1.0})
+    )["ndcg@10"][0]
+    assert remapped == pytest.approx(1.0) and graded < 1.0  # equal gains: either order is ideal
 
 
 def test_none_answers_score_zero_and_leave_the_others_unchanged():

@@ -38,6 +38,21 @@ def test_select_and_concat_keep_groups_whole_and_in_order():
     assert make_groups([[np.nan, 0.0]]).flat().tolist() == [True]
 
 
+def test_each_rewards_parts_follow_their_completions_through_the_filter():
+    """The trainer keeps each reward's scores (rewards/<name>/*) on the groups it draws."""
+    first = make_groups([[0.0, 0.0], [0.1, 0.4]])
+    first.parts = {"a": np.array([1.0, 2.0, 3.0, 4.0]), "b": np.array([np.nan, 0, 0, 1.0])}
+    second = make_groups([[0.2, 0.9]], first_task=10)
+    second.parts = {"a": np.array([5.0, 6.0])}  # no "b" scores: not applicable (NaN)
+    f = GroupFilter(need=2, group_size=2)
+    f.add(first)
+    f.add(second)
+    batch, _ = f.finish()
+    assert batch.task_indices == [1, 10]
+    np.testing.assert_array_equal(batch.parts["a"], [3.0, 4.0, 5.0, 6.0])
+    np.testing.assert_array_equal(batch.parts["b"], [0.0, 1.0, np.nan, np.nan])
+
+
 def test_disabled_filter_keeps_the_first_draw_as_is():
     f = GroupFilter(need=2, group_size=2, enabled=False)
     f.add(make_groups([[0.0, 0.0], [0.0, 0.0]]))

@@ -10,8 +10,8 @@ from ospo_mlx.attribution import contiguous_coalitions, segment
 from ospo_mlx.data.schema import Product, Task
 from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.reward import BM25Retriever, RetrievalReward, RewardConfig, coalition_text
+from ospo_mlx.reward.config import legacy_empty_value
 from ospo_mlx.reward.index import CatalogIndex
-from ospo_mlx.reward.retrieval import legacy_empty_value
 from ospo_mlx.reward.retrievers import DenseRetriever
 
 TITLES = [

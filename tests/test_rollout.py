@@ -45,8 +45,8 @@ def _check_offsets(text, spans):
 
 def test_shapes_order_and_text(tiny, prompts):
     model, tok = tiny
-    cfg = SamplingConfig(num_generations=4, max_new_tokens=24, seed=1)
-    r = sample_groups(model, tok, prompts, cfg)
+    cfg = SamplingConfig(max_new_tokens=24)
+    r = sample_groups(model, tok, prompts, cfg, num_generations=4, seed=1)
     assert len(r) == 12 and r.num_prompts == 3 and r.group_size == 4
     assert r.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
     assert all(r.prompt_tokens[i] == prompts[i // 4] for i in range(12))
@@ -69,20 +69,20 @@ def test_shapes_order_and_text(tiny, prompts):
 def test_groups_belong_to_their_prompt(tiny, prompts):
     # Greedy: each group must equal what its prompt alone produces.
     model, tok = tiny
-    cfg = SamplingConfig(num_generations=2, max_new_tokens=12, temperature=0.0)
-    together = sample_groups(model, tok, prompts, cfg)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0.0)
+    together = sample_groups(model, tok, prompts, cfg, num_generations=2)
     for p, prompt in enumerate(prompts):
-        alone = sample_groups(model, tok, [prompt], cfg)
+        alone = sample_groups(model, tok, [prompt], cfg, num_generations=2)
         for i in together.group(p):
             assert together.completion_tokens[i] == alone.completion_tokens[0]
 
 
 def test_seed_reproducibility(tiny, prompts):
     model, tok = tiny
-    cfg = SamplingConfig(num_generations=3, max_new_tokens=16, seed=7)
-    a = sample_groups(model, tok, prompts, cfg)
-    b = sample_groups(model, tok, prompts, cfg)
-    c = sample_groups(model, tok, prompts, cfg, seed=8)
+    cfg = SamplingConfig(max_new_tokens=16)
+    a = sample_groups(model, tok, prompts, cfg, num_generations=3, seed=7)
+    b = sample_groups(model, tok, prompts, cfg, num_generations=3, seed=7)
+    c = sample_groups(model, tok, prompts, cfg, num_generations=3, seed=8)
     assert a.completion_tokens == b.completion_tokens and a.texts == b.texts
     assert a.completion_tokens != c.completion_tokens
     # Completions inside a group differ (sampling, not copies).
@@ -91,9 +91,10 @@ def test_seed_reproducibility(tiny, prompts):
 
 def test_shared_prefill_matches_plain_batching(tiny, prompts):
     model, tok = tiny
-    kw = dict(num_generations=3, max_new_tokens=10, temperature=0.0, return_logprobs=True)
-    shared = sample_groups(model, tok, prompts, SamplingConfig(**kw, share_prompt_prefill=True))
-    plain = sample_groups(model, tok, prompts, SamplingConfig(**kw, share_prompt_prefill=False))
+    kw = dict(max_new_tokens=10, temperature=0.0)
+    run = dict(num_generations=3, return_logprobs=True)
+    shared = sample_groups(model, tok, prompts, SamplingConfig(**kw, share_prompt_prefill=True), **run)
+    plain = sample_groups(model, tok, prompts, SamplingConfig(**kw, share_prompt_prefill=False), **run)
     assert shared.completion_tokens == plain.completion_tokens
     np.testing.assert_allclose(
         np.concatenate(shared.logprobs), np.concatenate(plain.logprobs), atol=1e-4
@@ -103,8 +104,8 @@ def test_shared_prefill_matches_plain_batching(tiny, prompts):
 
 def test_logprobs_match_teacher_forcing(tiny, prompts):
     model, tok = tiny
-    cfg = SamplingConfig(num_generations=2, max_new_tokens=10, seed=3, return_logprobs=True)
-    r = sample_groups(model, tok, prompts[:2], cfg)
+    cfg = SamplingConfig(max_new_tokens=10)
+    r = sample_groups(model, tok, prompts[:2], cfg, num_generations=2, seed=3, return_logprobs=True)
     for i in range(len(r)):
         seq = r.prompt_tokens[i] + r.completion_tokens[i]
         logits = model(mx.array([seq[:-1]]))[0, len(r.prompt_tokens[i]) - 1 :]
@@ -116,32 +117,28 @@ def test_logprobs_match_teacher_forcing(tiny, prompts):
 
 def test_eos_stops_and_max_tokens(tmp_path, prompts):
     model, tok = load_model(str(make_tiny_model(tmp_path / "eos", seed=2, eos_prob=0.6)))
-    r = sample_groups(
-        model, tok, prompts, SamplingConfig(num_generations=4, max_new_tokens=50, seed=0)
-    )
+    r = sample_groups(model, tok, prompts, SamplingConfig(max_new_tokens=50), num_generations=4, seed=0)
     assert sum(r.finished) == len(r)  # with P(eos) ~ 0.6 per step, 50 steps never run out
     assert all(t[-1] == 2 for t in r.completion_tokens)
     assert all(
         spans[-1] == (len(text), len(text))
         for text, spans in zip(r.texts, r.token_offsets, strict=True)
     )
-    one = sample_groups(
-        model, tok, prompts, SamplingConfig(num_generations=2, max_new_tokens=1, seed=0)
-    )
+    one = sample_groups(model, tok, prompts, SamplingConfig(max_new_tokens=1), num_generations=2, seed=0)
     assert one.completion_lengths() == [1] * 6
 
 
 def test_validation_and_edge_cases(tiny, prompts):
     model, tok = tiny
     with pytest.raises(ConfigError, match="num_generations"):
-        sample_groups(model, tok, prompts, SamplingConfig(num_generations=0))
+        sample_groups(model, tok, prompts, SamplingConfig(), num_generations=0)
     with pytest.raises(ConfigError, match="top_p"):
         sample_groups(model, tok, prompts, SamplingConfig(top_p=0.0))
     with pytest.raises(OspoError, match="prompt 1 has no tokens"):
         sample_groups(model, tok, [prompts[0], []], SamplingConfig())
-    empty = sample_groups(model, tok, [], SamplingConfig(num_generations=2))
+    empty = sample_groups(model, tok, [], SamplingConfig(), num_generations=2)
     assert len(empty) == 0 and empty.num_prompts == 0
-    single = sample_groups(model, tok, [[1]], SamplingConfig(num_generations=2, max_new_tokens=4))
+    single = sample_groups(model, tok, [[1]], SamplingConfig(max_new_tokens=4), num_generations=2)
     assert len(single) == 2  # a one-token prompt has nothing to prefill
 
 

@@ -156,3 +156,5 @@ def test_warmup_steps_show_in_the_header(tmp_path):
     (run / "config.yaml").write_text("algorithm: ospo\nwarmup: {steps: 0}\n")
     assert RunReader(run).warmup_steps == 0
     assert "warm-up" not in run_header(RunReader(run)).plain
+    (run / "config.yaml").write_text("algorithm: ospo\nsft: {steps: 12}\n")  # the current name
+    assert RunReader(run).warmup_steps == 12

@@ -267,7 +267,7 @@ def test_rl_continues_from_the_warm_up_adapters(tmp_path, repo_root):
     warm = {
         k: np.array(v) for k, v in mx.load(str(tmp_path / "sft" / "adapters.safetensors")).items()
     }
-    trainer = Trainer(config)
+    trainer = Trainer.from_config(config)
     init = {k: np.array(v) for k, v in tree_flatten(trainer.model.trainable_parameters())}
     load_adapter_weights(trainer.model, tmp_path / "sft")
     trainer.run()

@@ -238,7 +238,7 @@ def tiny_run(repo_root, tmp_path_factory):
     from ospo_mlx.train.trainer import Trainer
 
     out = tmp_path_factory.mktemp("run") / "full"
-    history = Trainer(tiny_config(repo_root, out, "optim.steps=3")).run()
+    history = Trainer.from_config(tiny_config(repo_root, out, "optim.steps=3")).run()
     return out, history
 
 
@@ -282,8 +282,8 @@ def test_resume_continues_identically(tiny_run, repo_root, tmp_path):
 
     full, _ = tiny_run
     out = tmp_path / "resumed"
-    Trainer(tiny_config(repo_root, out, "optim.steps=3")).run(max_steps=2)  # "killed" after step 2
-    resumed = Trainer(tiny_config(repo_root, out, "optim.steps=3"), resume=True)
+    Trainer.from_config(tiny_config(repo_root, out, "optim.steps=3")).run(max_steps=2)  # "killed" after step 2
+    resumed = Trainer.from_config(tiny_config(repo_root, out, "optim.steps=3"), resume=True)
     assert resumed.step == 2
     resumed.run()
     a = mx.load(str(full / "adapters" / "adapters.safetensors"))
@@ -320,7 +320,7 @@ def test_compiled_and_uncompiled_trainers_agree(tiny_run, repo_root, tmp_path):
 
     full, _ = tiny_run  # the default: compiled
     out = tmp_path / "uncompiled"
-    trainer = Trainer(tiny_config(repo_root, out, "optim.steps=3", "optim.compile=false"))
+    trainer = Trainer.from_config(tiny_config(repo_root, out, "optim.steps=3", "optim.compile=false"))
     assert not trainer.update.compiled
     trainer.run()
     a = mx.load(str(full / "adapters" / "adapters.safetensors"))
@@ -333,7 +333,7 @@ def test_grpo_algorithm_broadcasts_the_sequence_advantage(repo_root, tmp_path):
     from ospo_mlx.train.trainer import Trainer
 
     out = tmp_path / "grpo"
-    Trainer(tiny_config(repo_root, out, "optim.steps=1", algorithm="grpo")).run()
+    Trainer.from_config(tiny_config(repo_root, out, "optim.steps=1", algorithm="grpo")).run()
     for row in read_jsonl(out / "rollouts.jsonl"):
         assert row["algorithm"] == "grpo"
         assert row["token_advantages"] == [row["advantage"]] * len(row["token_ids"])
@@ -375,6 +375,13 @@ def test_progress_prints_one_plain_line_per_step_without_a_tty():
     assert len(lines) == 2
     assert lines[0].startswith("step 2/3 | reward 0.2500 | ndcg@10 0.2500")
     assert "sample 1.0" in lines[0] and "mem 0.50GB" in lines[0] and "eta" in lines[0]
+    # several rewards in the sum: each one's mean; no retrieval reward: no ndcg@10
+    from ospo_mlx.ui.progress import plain_line
+
+    parts = {"reward": 0.5, "rewards/retrieval/mean": 0.4, "rewards/kw/mean": 0.2}
+    assert "| retrieval 0.4000 | kw 0.2000 |" in plain_line(1, 3, parts, None)
+    assert "ndcg" not in plain_line(1, 3, {"reward": 0.5, "rewards/kw/mean": 0.5}, None)
+    assert "kw" not in plain_line(1, 3, {"reward": 0.5, "rewards/kw/mean": 0.5}, None)
     assert trend([0.1, 0.2, 0.3]) == "↑" and trend([0.3, 0.1]) == "↓" and trend([1.0]) == "·"
     assert format_duration(125) == "2m05s" and format_duration(3700) == "1h01m"
     # the live view renders without error too
@@ -392,7 +399,7 @@ def test_reused_rollouts_clip_and_kl_against_the_adapter_off_reference(repo_root
         "optim.beta=0.1",
         "optim.gradient_accumulation_steps=2",
     )
-    (row,) = Trainer(tiny_config(repo_root, tmp_path / "iters", *overrides)).run()
+    (row,) = Trainer.from_config(tiny_config(repo_root, tmp_path / "iters", *overrides)).run()
     # iteration 1 is on-policy at the reference (B = 0); iterations 2-3 have moved away from both
     assert row["kl"] > 0 and row["clip_ratio/region_mean"] > 0
     assert all(np.isfinite(v) for v in row.values())
@@ -408,14 +415,16 @@ def test_kl_reference_is_the_policy_at_the_start_of_rl(repo_root, tmp_path):
     from ospo_mlx.train.trainer import Trainer
 
     out = tmp_path / "kl"
-    overrides = ("optim.steps=1", "optim.beta=0.1", "warmup.steps=3", "warmup.learning_rate=0.05")
-    trainer = Trainer(tiny_config(repo_root, out, *overrides))
+    overrides = ("optim.steps=1", "optim.beta=0.1", "sft.steps=3", "sft.learning_rate=0.05")
+    trainer = Trainer.from_config(tiny_config(repo_root, out, *overrides))
     (row,) = trainer.run()
     assert abs(row["kl"]) < 1e-6
     warm = mx.load(str(out / "warmup" / "adapters.safetensors"))
     assert any(float(mx.abs(v).max()) > 0 for k, v in warm.items() if "lora_b" in k)
     # A resumed run takes the warm-up's adapters as its reference again.
-    resumed = Trainer(tiny_config(repo_root, out, "optim.steps=2", *overrides[1:]), resume=True)
+    resumed = Trainer.from_config(
+        tiny_config(repo_root, out, "optim.steps=2", *overrides[1:]), resume=True
+    )
     for k, v in warm.items():
         np.testing.assert_array_equal(np.array(resumed.reference_adapters[k]), np.array(v))
 
@@ -434,12 +443,12 @@ def test_credit_metrics_and_no_coalitions_for_inactive_completions(tiny_run):
 
 
 def test_warmup_runs_once_before_rl_and_seeds_model_adapters(repo_root, tmp_path):
-    """warmup.steps > 0 trains the format first (RUN/warmup/); model.adapters starts from them."""
+    """sft.steps > 0 trains the format first (RUN/warmup/); model.adapters starts from them."""
     from ospo_mlx.train.policy import adapter_weights
     from ospo_mlx.train.trainer import Trainer
 
     out = tmp_path / "warm"
-    trainer = Trainer(tiny_config(repo_root, out, "optim.steps=2", "warmup.steps=3"))
+    trainer = Trainer.from_config(tiny_config(repo_root, out, "optim.steps=2", "sft.steps=3"))
     assert not trainer.warmed_up
     trainer.run(max_steps=1)
     assert trainer.warmed_up
@@ -449,7 +458,7 @@ def test_warmup_runs_once_before_rl_and_seeds_model_adapters(repo_root, tmp_path
     assert all(float(mx.abs(v).max()) > 0 for k, v in warm.items() if k.endswith("lora_b"))
 
     # Resuming skips the warm-up: the checkpoint already holds its effect.
-    resumed = Trainer(tiny_config(repo_root, out, "optim.steps=2", "warmup.steps=3"), resume=True)
+    resumed = Trainer.from_config(tiny_config(repo_root, out, "optim.steps=2", "sft.steps=3"), resume=True)
     assert resumed.warmed_up and resumed.warm_up() is None
     resumed.run()
     assert len(read_jsonl(out / "warmup" / "sft_metrics.jsonl")) == 3
@@ -458,7 +467,7 @@ def test_warmup_runs_once_before_rl_and_seeds_model_adapters(repo_root, tmp_path
     seeded_config = tiny_config(
         repo_root, tmp_path / "seeded", "optim.steps=1", f"model.adapters={out / 'warmup'}"
     )
-    seeded = Trainer(seeded_config)
+    seeded = Trainer.from_config(seeded_config)
     for k, v in adapter_weights(seeded.model).items():
         np.testing.assert_array_equal(np.array(v), np.array(warm[k]))
 
@@ -469,12 +478,12 @@ def test_model_adapters_errors(repo_root, tmp_path):
 
     with pytest.raises(ConfigError, match=r"model\.adapters: .* is not a directory"):
         tiny_config(repo_root, tmp_path / "a", f"model.adapters={tmp_path / 'nope'}")
-    with pytest.raises(ConfigError, match="warmup: steps must be >= 0"):
-        tiny_config(repo_root, tmp_path / "a", "warmup.steps=-1")
+    with pytest.raises(ConfigError, match="sft: steps must be >= 0"):
+        tiny_config(repo_root, tmp_path / "a", "sft.steps=-1")
     other = tmp_path / "rank2"  # adapters of another LoRA shape are refused, naming the mismatch
-    Trainer(tiny_config(repo_root, other, "optim.steps=1", "lora.rank=2")).run()
+    Trainer.from_config(tiny_config(repo_root, other, "optim.steps=1", "lora.rank=2")).run()
     with pytest.raises(ospo_mlx.errors.OspoError, match=r"lora_a has shape \(64, 2\)"):
-        Trainer(tiny_config(repo_root, tmp_path / "b", f"model.adapters={other / 'adapters'}"))
+        Trainer.from_config(tiny_config(repo_root, tmp_path / "b", f"model.adapters={other / 'adapters'}"))
 
 
 @pytest.mark.parametrize("mode", ["sequence", "floor"])
@@ -486,7 +495,7 @@ def test_format_tokens_end_to_end(repo_root, tmp_path, mode):
     out = tmp_path / mode
     # Unclipped: the split keeps each completion's mean exactly.
     options = ("optim.steps=2", f"attribution.format_tokens={mode}", "attribution.clip=null")
-    Trainer(tiny_config(repo_root, out, *options)).run()
+    Trainer.from_config(tiny_config(repo_root, out, *options)).run()
     checked = 0
     for row in read_jsonl(out / "rollouts.jsonl"):
         if row["advantage"] == 0.0 or row["reward"] == 0.0 or not row["segments"]:

@@ -20,7 +20,7 @@ from ospo_mlx.train.tracking import tensorboard_tag
 def run(repo_root, out, *overrides, **values):
     from ospo_mlx.train.trainer import Trainer
 
-    trainer = Trainer(tiny_config(repo_root, out, *overrides, **values))
+    trainer = Trainer.from_config(tiny_config(repo_root, out, *overrides, **values))
     return trainer, trainer.run()
 
 
@@ -85,7 +85,9 @@ def test_masked_truncated_completions_contribute_nothing_whatever_their_credit(r
         "optim.steps=1", "optim.batch_size=4", "optim.num_generations=4",
         "optim.mask_truncated_completions=true",
     )  # fmt: skip
-    trainers = [Trainer(tiny_config(repo_root, tmp_path / n, *overrides)) for n in ("a", "b")]
+    trainers = [
+        Trainer.from_config(tiny_config(repo_root, tmp_path / n, *overrides)) for n in ("a", "b")
+    ]
     (part_a,), (part_b,) = (t.generate(1) for t in trainers)
     finished = np.array(part_a.batch.mask.sum(axis=1)) > 0
     assert 0 < finished.sum() < len(finished)  # both kinds in this batch

@@ -215,3 +215,26 @@ def load_tasks(path: str | Path, catalog: dict[str, Product] | None = None) -> l
     if not tasks:
         raise DataError(f"{path}: no tasks in the file")
     return tasks
+
+
+def find_task(
+    catalog: dict[str, Product],
+    *,
+    tasks: str | Path | None = None,
+    task_id: str | None = None,
+    task_json: str | None = None,
+) -> Task:
+    """One task: `task_id` in the `tasks` JSONL, or a task given as one JSON object."""
+    from ospo_mlx.errors import OspoError
+
+    if task_json is not None:
+        try:
+            return task_from_dict(json.loads(task_json), where="--task-json")
+        except json.JSONDecodeError as exc:
+            raise OspoError(f"--task-json is not valid JSON ({exc.msg})") from None
+    if tasks is None or task_id is None:
+        raise OspoError("pass --tasks FILE --task ID, or --task-json '{...}'")
+    found = [t for t in load_tasks(tasks, catalog) if t.id == task_id]
+    if not found:
+        raise OspoError(f"task '{task_id}' is not in {tasks}; check the id (the 'id' column)")
+    return found[0]

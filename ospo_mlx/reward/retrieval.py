@@ -11,144 +11,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ospo_mlx.attribution.segment import MISSING_TAGS, UNCLOSED_ANSWER, scored_answer
+from ospo_mlx.attribution.segment import scored_answer
 from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.reward import metrics as M
+from ospo_mlx.reward.base import CoalitionBatch, Reward
+from ospo_mlx.reward.config import RewardConfig
 from ospo_mlx.reward.retrievers import Retriever
-
-EVAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr", "hit@10")
-
-
-@dataclass
-class RewardConfig:
-    """Options of the retrieval reward (TRL-style: each field documents itself)."""
-
-    metric: str = field(
-        default="ndcg", metadata={"help": "Reward metric: ndcg, recall, hit, mrr or ap (cut at k)."}
-    )
-    k: int = field(default=10, metadata={"help": "Cutoff of the reward metric."})
-    mode: str = field(
-        default="pool",
-        metadata={
-            "help": "pool: rank each task's candidate pool exactly; catalog: top-k over the whole catalog."
-        },
-    )
-    coalition_text: str = field(
-        default="drop",
-        metadata={
-            "help": "drop: member segments joined with a space; keep-gaps: the text with non-members removed."
-        },
-    )
-    empty_value: str = field(
-        default="auto",
-        metadata={
-            "help": "v(empty), the baseline every segment's credit is measured from: auto = the "
-            "score of the retrieval text with no answer (the query alone when it is prepended, "
-            "else 0). zero and query are accepted only where they agree with auto."
-        },
-    )
-    prepend_query: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Retrieve with 'query + response'; None: true for query_expansion, false otherwise."
-        },
-    )
-    answer_tags: tuple[str, str] | None = field(
-        default=("<answer>", "</answer>"),
-        metadata={"help": "Tags around the answer region (None: whole text)."},
-    )
-    missing_tags: str = field(
-        default="whole",
-        metadata={
-            "help": "Response without answer tags: whole (use the whole text) or zero (reward 0); counted."
-        },
-    )
-    unclosed_answer: str = field(
-        default="keep",
-        metadata={
-            "help": "Answer without its closing tag (often cut at max_new_tokens): keep (score it "
-            "to the end of the text) or zero (reward 0, so run-on answers are not rewarded); counted."
-        },
-    )
-    gains: str = field(
-        default="graded",
-        metadata={"help": "graded: targets' gains (ESCI E=3,S=2,C=1); binary: 1 if > 0."},
-    )
-    gain_map: dict[str, float] | None = field(
-        default=None,
-        metadata={"help": "Remap stored gains, e.g. {'3': 1, '2': 0.1, '1': 0.01} (KDD Cup ESCI)."},
-    )
-    eval_metrics: tuple[str, ...] = field(
-        default=EVAL_METRICS, metadata={"help": "Metrics reported by `metrics()`."}
-    )
-
-    def validate(self) -> RewardConfig:
-        choices = {
-            "metric": M.METRIC_NAMES,
-            "mode": ("pool", "catalog"),
-            "coalition_text": ("drop", "keep-gaps"),
-            "empty_value": ("auto", "zero", "query"),
-            "missing_tags": MISSING_TAGS,
-            "unclosed_answer": UNCLOSED_ANSWER,
-            "gains": ("graded", "binary"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"reward.{name} = '{getattr(self, name)}' is not one of {list(allowed)}"
-                )
-        if self.k < 1:
-            raise ConfigError(f"reward.k must be >= 1, got {self.k}")
-        _check_empty_value(self.empty_value, self.prepend_query)
-        try:
-            for name in self.eval_metrics:
-                M.parse_metric(name)
-        except ValueError as exc:
-            raise ConfigError(f"reward.eval_metrics: {exc}") from None
-        return self
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}
-
-
-def _check_empty_value(empty_value: str, prepend_query: bool | None) -> None:
-    """Refuse a v(empty) that disagrees with the text every other coalition is scored with.
-
-    With the query prepended, v({j}) scores 'query + segment j'; a v(empty) of 0 would hand
-    every segment the query's own score, split by how often it was sampled.
-    """
-    if empty_value == "zero" and prepend_query is not False:
-        raise ConfigError(
-            "reward.empty_value: zero scores the empty answer 0 while the query is prepended to "
-            "every other coalition (query-expansion tasks), so credit would follow sampling "
-            "counts; use auto (the default), or set reward.prepend_query: false"
-        )
-    if empty_value == "query" and prepend_query is False:
-        raise ConfigError(
-            "reward.empty_value: query scores the empty answer by the query, but "
-            "reward.prepend_query is false, so no other coalition contains it; use auto"
-        )
-
-
-def legacy_empty_value(data: dict) -> dict:
-    """A run config written before v(empty) followed the retrieval text: map it to `auto`.
-
-    Old runs stored `empty_value: zero` (the inconsistent old default); reading them for eval,
-    export or the inspector must not fail on it.
-    """
-    reward = data.get("reward")
-    if isinstance(reward, dict) and reward.get("empty_value") in ("zero", "query"):
-        try:
-            _check_empty_value(reward["empty_value"], reward.get("prepend_query"))
-        except ConfigError:
-            data = {**data, "reward": {**reward, "empty_value": "auto"}}
-    return data
 
 
 def coalition_text(
@@ -189,8 +61,10 @@ def query_prefixed(text: str, task: Task, prepend_query: bool | None) -> str:
     return text
 
 
-class RetrievalReward:
+class RetrievalReward(Reward):
     """Retrieval-quality reward over a Retriever (dense MiniLM by default; see `build_reward`)."""
+
+    name = "retrieval"
 
     def __init__(self, retriever: Retriever, config: RewardConfig | None = None):
         self.retriever = retriever
@@ -301,6 +175,15 @@ class RetrievalReward:
             texts.append(None if body is None else self.with_query(body, task))
         return texts
 
+    def evaluate_texts(
+        self, texts: Sequence[str | None], tasks: Sequence[Task], names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Metrics (B,) of ready retrieval texts (answer rule and query prefix already applied;
+        None scores 0): what `ospo eval` scores, with the same gains as training."""
+        if len(texts) != len(tasks):
+            raise ValueError(f"{len(texts)} texts but {len(tasks)} tasks")
+        return self._evaluate(list(texts), np.arange(len(tasks)), tasks, list(names))
+
     def score(self, responses: Sequence[str], tasks: Sequence[Task]) -> np.ndarray:
         """Reward (B,) of full responses (their answer region when tagged)."""
         texts = self._full_texts(responses, tasks)
@@ -331,32 +214,10 @@ class RetrievalReward:
                 )
         return out
 
-    def coalition_values(
-        self,
-        responses: Sequence[str],
-        segments: Sequence[Sequence[tuple[int, int]]],
-        coalition_masks: Sequence[np.ndarray],
-        tasks: Sequence[Task],
-    ) -> list[np.ndarray]:
-        """v(S) for every coalition of every completion, in one batched pass: list of (C_i,)."""
-        if not (len(responses) == len(segments) == len(coalition_masks) == len(tasks)):
-            raise ValueError(
-                "responses, segments, coalition_masks and tasks must have the same length"
-            )
-        texts: list[str | None] = []
-        rows: list[int] = []
-        sizes = []
-        for i, (resp, spans, masks, task) in enumerate(
-            zip(responses, segments, coalition_masks, tasks, strict=True)
-        ):
-            ct = self.coalition_texts(resp, spans, masks, task)
-            texts.extend(ct)
-            rows.extend([i] * len(ct))
-            sizes.append(len(ct))
-        values = self._evaluate(texts, np.array(rows, dtype=np.int64), tasks, [self.reward_metric])[
-            self.reward_metric
-        ]
-        return np.split(values, np.cumsum(sizes)[:-1]) if sizes else []
+    def _coalition_scores(self, batch: CoalitionBatch) -> np.ndarray:
+        """All coalition texts of the batch: deduplicated, encoded, ranked and scored at once."""
+        name = self.reward_metric
+        return self._evaluate(batch.texts, batch.rows, batch.tasks, [name])[name]
 
     def coalition_values_sequential(
         self,

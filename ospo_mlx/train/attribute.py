@@ -33,6 +33,21 @@ class Attribution:
     budget_raised: list[bool] = field(default_factory=list)  # budget raised to n + 2
     exact: list[bool] = field(default_factory=list)  # all 2^n coalitions evaluated
 
+    def select(self, rows: slice) -> Attribution:
+        """The credit of the completions in `rows` (one optimizer step of a generation)."""
+        coalitions = self.coalitions[rows]
+        return Attribution(
+            self.segments[rows], coalitions, self.values[rows], self.owen[rows],
+            self.weights[rows], self.in_segments[rows],
+            evaluated=sum(len(m) for m in coalitions), unpaired=self.unpaired[rows],
+            budget_raised=self.budget_raised[rows], exact=self.exact[rows],
+        )  # fmt: skip
+
+    @staticmethod
+    def empty_metrics() -> dict[str, float]:
+        """The credit metrics of a step without attribution (GRPO): all zero."""
+        return Attribution([], [], [], [], [], []).metrics()
+
     def metrics(self, rows: slice = slice(None)) -> dict[str, float]:
         """The credit metrics of the completions in `rows` (all by default)."""
         return {

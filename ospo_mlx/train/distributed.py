@@ -46,6 +46,8 @@ METRIC_REDUCTIONS: dict[str, Reduction] = {
     "skipped/prompt_too_long": "sum",
 }
 TIME_PREFIX = "time/"
+# Per-reward counters (rewards/<name>/none, rewards/<name>/nonfinite, ...) add up across ranks.
+COUNT_SUFFIXES = ("/none", "/nonfinite", "/none_coalitions")
 
 # Environment variables that mlx.launch (ring) or mpirun set in every process they start.
 _LAUNCH_VARS = ("MLX_RANK", "MLX_HOSTFILE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MLX_JACCL_DEVICES")
@@ -172,6 +174,8 @@ def any_rank(flag: bool, world: World) -> bool:
 def _reduction(key: str, reductions: Mapping[str, Reduction]) -> Reduction:
     if key in reductions:
         return reductions[key]
+    if key.startswith("rewards/") and key.endswith(COUNT_SUFFIXES):
+        return "sum"
     return "max" if key.startswith(TIME_PREFIX) else "mean"
 
 

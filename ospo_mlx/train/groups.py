@@ -30,6 +30,8 @@ class Groups:
     offsets: list[Any] = field(default_factory=list)
     finished: list[bool] = field(default_factory=list)
     raw_rewards: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # each reward's per-completion scores by name (CombinedReward.score_parts), kept alongside
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_groups(self) -> int:
@@ -54,6 +56,7 @@ class Groups:
             [self.offsets[r] for r in rows],
             [self.finished[r] for r in rows],
             np.asarray(self.raw_rewards, dtype=np.float64)[rows],
+            {name: np.asarray(v, dtype=np.float64)[rows] for name, v in self.parts.items()},
         )
 
     @staticmethod
@@ -68,6 +71,15 @@ class Groups:
             out.finished += p.finished
         rewards = [np.asarray(p.raw_rewards, dtype=np.float64) for p in parts]
         out.raw_rewards = np.concatenate(rewards) if rewards else np.zeros(0)
+        names = list(dict.fromkeys(name for p in parts for name in p.parts))
+        # a part without a reward's scores (not scored by it) reads as "not applicable": NaN
+        out.parts = {
+            name: np.concatenate([
+                np.asarray(p.parts.get(name, np.full(len(p.texts), np.nan)), dtype=np.float64)
+                for p in parts
+            ])
+            for name in names
+        }  # fmt: skip
         return out
 
 

@@ -27,75 +27,10 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import mlx.nn as nn
 
+from ospo_mlx.config import SamplingConfig
 from ospo_mlx.errors import ConfigError, OspoError
 
-
-@dataclass
-class SamplingConfig:
-    """How completions are sampled (TRL GRPOConfig names where they exist)."""
-
-    num_generations: int = field(
-        default=8, metadata={"help": "Completions per prompt (the group size G)."}
-    )
-    max_new_tokens: int = field(
-        default=128, metadata={"help": "Maximum sampled tokens per completion (EOS included)."}
-    )
-    temperature: float = field(
-        default=1.0, metadata={"help": "Sampling temperature; 0 samples greedily."}
-    )
-    top_p: float = field(
-        default=1.0,
-        metadata={"help": "Nucleus sampling: keep the smallest set of tokens with this mass."},
-    )
-    top_k: int = field(
-        default=0, metadata={"help": "Keep only the k most likely tokens; 0 disables."}
-    )
-    min_p: float = field(
-        default=0.0,
-        metadata={
-            "help": "Drop tokens less likely than min_p times the most likely one; 0 disables."
-        },
-    )
-    seed: int | None = field(
-        default=None,
-        metadata={"help": "Random seed of the sampler; None leaves MLX's state as is."},
-    )
-    batch_size: int = field(
-        default=64,
-        metadata={"help": "Maximum completions decoded at once (mlx-lm completion batch)."},
-    )
-    prefill_batch_size: int = field(
-        default=8, metadata={"help": "Prompts prefilled together by the batch generator."}
-    )
-    prefill_step_size: int = field(
-        default=2048, metadata={"help": "Prompt tokens processed per forward pass during prefill."}
-    )
-    share_prompt_prefill: bool = field(
-        default=True,
-        metadata={"help": "Prefill each prompt once and reuse its KV cache for its G completions."},
-    )
-    return_logprobs: bool = field(
-        default=False,
-        metadata={"help": "Keep each sampled token's log-probability (temperature 1, unfiltered)."},
-    )
-
-    def validate(self) -> SamplingConfig:
-        """Raise ConfigError on an out-of-range option; returns self."""
-        checks = [
-            (self.num_generations >= 1, "num_generations must be >= 1"),
-            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
-            (self.temperature >= 0, "temperature must be >= 0"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.top_k >= 0, "top_k must be >= 0"),
-            (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.prefill_batch_size >= 1, "prefill_batch_size must be >= 1"),
-            (self.prefill_step_size >= 1, "prefill_step_size must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"sampling: {message}")
-        return self
+__all__ = ["RolloutStats", "Rollouts", "SamplingConfig", "decode_with_offsets", "sample_groups"]
 
 
 @dataclass
@@ -270,16 +205,20 @@ def sample_groups(
     prompt_tokens: Sequence[Sequence[int]],
     config: SamplingConfig | None = None,
     *,
+    num_generations: int = 1,
     seed: int | None = None,
+    return_logprobs: bool = False,
 ) -> Rollouts:
-    """Sample `config.num_generations` completions for each prompt (token ids).
+    """Sample `num_generations` completions for each prompt (token ids).
 
     Args:
         model: an mlx-lm causal LM (LoRA layers included, if any).
         tokenizer: mlx-lm TokenizerWrapper (its `eos_token_ids` stop generation).
         prompt_tokens: one token-id list per prompt (chat template already applied).
-        config: sampling options; defaults to SamplingConfig().
-        seed: overrides `config.seed` for this call.
+        config: sampling options (the config's `sampling` section); defaults to SamplingConfig().
+        num_generations: completions per prompt (the group size G).
+        seed: seeds MLX's sampler first; None leaves its state as is.
+        return_logprobs: keep each sampled token's log-probability (temperature 1, unfiltered).
     """
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.sample_utils import make_sampler
@@ -289,8 +228,9 @@ def sample_groups(
     for i, p in enumerate(prompts):
         if not p:
             raise OspoError(f"prompt {i} has no tokens; every prompt needs at least one token")
-    group = config.num_generations
-    seed = config.seed if seed is None else seed
+    if num_generations < 1:
+        raise ConfigError(f"sampling: num_generations must be >= 1, got {num_generations}")
+    group = num_generations
     if seed is not None:
         mx.random.seed(seed)
 
@@ -323,7 +263,7 @@ def sample_groups(
         uids = gen.insert([p for p in prompts for _ in range(group)])
     order = {uid: i for i, uid in enumerate(uids)}
     tokens: list[list[int]] = [[] for _ in uids]
-    logprobs: list[list[float]] | None = [[] for _ in uids] if config.return_logprobs else None
+    logprobs: list[list[float]] | None = [[] for _ in uids] if return_logprobs else None
     finished = [False] * len(uids)
     try:
         with gen.stats() as batch_stats:

@@ -42,7 +42,7 @@ METRICS_FILE = "sft_metrics.jsonl"
 
 @dataclass
 class SFTConfig(WarmupConfig):
-    """Options of the supervised warm-up: the config's `warmup` section plus library knobs."""
+    """Options of the supervised warm-up: the config's `sft` section plus library knobs."""
 
     steps: int = field(default=30, metadata={"help": "Supervised optimizer updates."})
     max_grad_norm: float | None = field(

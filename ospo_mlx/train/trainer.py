@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ import numpy as np
 from ospo_mlx.attribution import credit
 from ospo_mlx.attribution.segment import SegmenterConfig
 from ospo_mlx.config import TrainConfig, dump_config
-from ospo_mlx.data.schema import Task, load_catalog, load_tasks
+from ospo_mlx.data.schema import Product, Task, load_catalog, load_tasks
 from ospo_mlx.errors import ConfigError, OspoError
+from ospo_mlx.reward.base import CombinedReward, Reward
 from ospo_mlx.train import checkpoint as ckpt
 from ospo_mlx.train import distributed as dist
 from ospo_mlx.train.attribute import Attribution, attribute
@@ -37,6 +38,16 @@ from ospo_mlx.train.bookkeeping import (
 from ospo_mlx.train.groups import GroupFilter, Groups
 from ospo_mlx.train.interrupt import GracefulStop, TrainingInterrupted, interrupted_message
 from ospo_mlx.train.loss import truncation_mask
+from ospo_mlx.train.phases import (
+    CreditRecord,
+    SampleRecord,
+    ScoreRecord,
+    StepPart,
+    UpdateRecord,
+    rollout_rows,
+    split_generation,
+    step_metrics,
+)
 from ospo_mlx.train.policy import (
     PolicyUpdate,
     adapter_config,
@@ -61,15 +72,6 @@ GLOBAL_METRICS = (
 
 
 @dataclass
-class StepPart:
-    """One optimizer step's share of a generation: its update batch, metrics and rollouts rows."""
-
-    batch: Batch
-    metrics: dict[str, float]
-    rollouts: list[dict[str, Any]]
-
-
-@dataclass
 class StepRecord:
     """What one step produced (the metrics row plus what the rollouts log needs)."""
 
@@ -78,78 +80,62 @@ class StepRecord:
 
 
 class Trainer:
-    """Holds the model, optimizer, data cursor and run directory; `run()` trains to the end."""
+    """Holds the model, reward, optimizer and data cursor; `run()` trains to the end.
+
+    Build it from its parts (`Trainer(model, tokenizer, tasks, reward, optimizer, config)`:
+    nothing touches disk unless `run_dir` is given) or from a config with `from_config`,
+    which loads data, model and reward and writes the run directory.
+    """
 
     def __init__(
         self,
+        model: Any,
+        tokenizer: Any,
+        tasks: Sequence[Task],
+        reward: Reward,
+        optimizer: Any,
         config: TrainConfig,
         *,
-        resume: bool = False,
-        on_step: Callable[[int, dict[str, float]], None] | None = None,
+        catalog: Mapping[str, Product] | None = None,
+        run_dir: Path | None = None,
+        log: RunLog | None = None,
+        checkpoint: ckpt.Checkpoint | None = None,
         world: dist.World | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
     ) -> None:
         from ospo_mlx.data.prompts import encode_prompt
-        from ospo_mlx.models.load import load_model, should_dequantize
-        from ospo_mlx.reward import build_reward
 
-        self.config, self.on_step = config, on_step
-        self.run_dir = config.run_dir()
-        c = config
+        c = self.config = config
+        self.model, self.tokenizer, self.optimizer = model, tokenizer, optimizer
+        self.reward = reward
+        self.catalog: Mapping[str, Product] = catalog if catalog is not None else {}
+        self.tasks: list[Task] = list(tasks)
+        if not self.tasks:
+            raise OspoError("no training tasks; check data.train (or pass tasks)")
+        self.run_dir, self.log, self.on_step = run_dir, log, on_step
         # Data parallel under mlx.launch (one rank per process), else a single process.
         self.world = world if world is not None else dist.init_world()
         dist.check_divisible(c.optim.batch_size, self.world)
-        if not resume and (self.run_dir / "checkpoints" / "latest").exists():
-            raise OspoError(
-                f"{self.run_dir} already holds a trained run; continue it with --resume, "
-                "or choose another --out/--name"
+        if not adapter_weights(model):
+            raise ConfigError(
+                "the model has no LoRA layers; apply them first (train.policy.apply_lora) "
+                "or build the trainer with Trainer.from_config"
             )
-        for key in ("catalog", "train"):
-            path = Path(getattr(c.data, key))
-            if not path.is_file():
-                raise ConfigError(
-                    f"data.{key}: {path} not found (relative paths start at {Path.cwd()}); "
-                    f"run from the project root or set it with --set data.{key}=PATH"
-                )
-        self.catalog = load_catalog(c.data.catalog)
-        self.tasks: list[Task] = load_tasks(c.data.train, self.catalog)[: c.data.max_tasks]
-        # Cheap checks first: a bad resume or prompt fails before the reward model loads.
-        checkpoint = ckpt.load_checkpoint(self.run_dir) if resume else None
-        self.model, self.tokenizer = load_model(
-            c.model.name, trust_remote_code=c.model.trust_remote_code
-        )
-        if should_dequantize(c.model.dequantize):
-            from mlx_lm.utils import dequantize_model
-
-            dequantize_model(self.model)
-            mx.eval(self.model.parameters())
-        self.num_trainable = apply_lora(self.model, c.lora, seed=c.run.seed)
-        if c.model.adapters and checkpoint is None:  # a resumed run's checkpoint holds them
-            from ospo_mlx.train.sft import load_adapter_weights
-
-            load_adapter_weights(self.model, c.model.adapters)
-        self.warmed_up = checkpoint is not None or c.warmup.steps == 0
-        # The KL reference: the policy at the start of RL (None: fresh LoRA = adapters off).
-        self.reference_adapters = self._starting_adapters(resumed=checkpoint is not None)
-        if c.optim.grad_checkpoint:
-            enable_grad_checkpoint(self.model)
+        self.warmed_up = checkpoint is not None or c.sft.steps == 0
         self.prompts = [
             encode_prompt(self.tokenizer, t, self.catalog, c.prompt) for t in self.tasks
         ]
         self.skipped_long = self._drop_long_prompts(model_context(self.model))
-        from ospo_mlx.models.load import cache_dir
-
-        self.reward = build_reward(
-            self.catalog, c.reward.reward_config(), encoder_dir=c.reward.encoder, index_dir=c.reward.index,
-            cache_dir=cache_dir().parent / "embeddings" if c.reward.cache_embeddings else None,
-        )  # fmt: skip
-        self.optimizer = build_optimizer(c.optim, c.optim.steps * c.optim.num_iterations)
         self.segmenter = SegmenterConfig(
             method=c.attribution.segmenter,
             answer_tags=c.prompt.answer_tags,
             max_segments=c.attribution.max_segments,
         ).validate()
+        # The KL reference: the policy at the start of RL (None: fresh LoRA = adapters off).
+        # Taken before a checkpoint is restored, since that replaces the model's adapters.
+        self.reference_adapters = self._starting_adapters(resumed=checkpoint is not None)
         self.step, self.epoch, self.position = 0, 0, 0
-        if checkpoint is not None:
+        if checkpoint is not None:  # before PolicyUpdate: it captures the optimizer state
             ckpt.restore(self.model, self.optimizer, checkpoint)
             self.step = checkpoint.step
             self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
@@ -170,34 +156,86 @@ class Trainer:
         )  # fmt: skip
         # Parts of the last generation not yet used (steps_per_generation > 1); not checkpointed.
         self.pending: list[StepPart] = []
-        # Only rank 0 writes the run directory (and reports to run.report_to).
-        self.log = None
-        if self.world.is_main:
+
+    @property
+    def reward(self) -> CombinedReward:
+        """The reward optimized: a weighted sum (a single reward is a sum of one)."""
+        return self._reward
+
+    @reward.setter
+    def reward(self, reward: Reward) -> None:
+        self._reward = reward if isinstance(reward, CombinedReward) else CombinedReward([reward])
+
+    @classmethod
+    def from_config(
+        cls,
+        config: TrainConfig,
+        *,
+        resume: bool = False,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+        world: dist.World | None = None,
+    ) -> Trainer:
+        """Load data, model (LoRA applied), reward and optimizer from `config`; write RUN/."""
+        from ospo_mlx.data.prompts import user_text
+        from ospo_mlx.models.load import cache_dir
+        from ospo_mlx.reward.build import build_rewards
+
+        c = config
+        run_dir = c.run_dir()
+        world = world if world is not None else dist.init_world()
+        if not resume and (run_dir / "checkpoints" / "latest").exists():
+            raise OspoError(
+                f"{run_dir} already holds a trained run; continue it with --resume, "
+                "or choose another --out/--name"
+            )
+        for key in ("catalog", "train"):
+            path = Path(getattr(c.data, key))
+            if not path.is_file():
+                raise ConfigError(
+                    f"data.{key}: {path} not found (relative paths start at {Path.cwd()}); "
+                    f"run from the project root or set it with --set data.{key}=PATH"
+                )
+        catalog = load_catalog(c.data.catalog)
+        tasks = load_tasks(c.data.train, catalog)[: c.data.max_tasks]
+        # Cheap checks first: a bad resume or prompt fails before the reward model loads.
+        checkpoint = ckpt.load_checkpoint(run_dir) if resume else None
+        model, tokenizer = load_policy_model(c, load_adapters=checkpoint is None)
+        reward = build_rewards(
+            c.reward, catalog, prompt_of=lambda task: user_text(task, catalog, c.prompt),
+            cache_dir=cache_dir().parent / "embeddings",
+        )  # fmt: skip
+        optimizer = build_optimizer(c.optim, c.optim.steps * c.optim.num_iterations)
+        trainer = cls(
+            model, tokenizer, tasks, reward, optimizer, c, catalog=catalog, run_dir=run_dir,
+            checkpoint=checkpoint, world=world, on_step=on_step,
+        )  # fmt: skip
+        if world.is_main:  # only rank 0 writes the run directory (and reports to run.report_to)
             tracking = build_tracking(
-                c.run.report_to, self.run_dir, name=c.run.name or self.run_dir.name,
-                config=c.to_dict(), log_completions=c.run.log_completions,
-                every=c.run.log_completions_steps,
+                c.run.report_to, run_dir, name=c.run.name or run_dir.name, config=c.to_dict(),
+                log_completions=c.run.log_completions, every=c.run.log_completions_steps,
             )  # fmt: skip
-            self.log = RunLog(
-                self.run_dir, dump_config(c), resume_step=self.step if resume else None,
-                tracking=tracking,
-            )  # fmt: skip
+            resume_step = checkpoint.step if checkpoint else None
+            trainer.log = RunLog(
+                run_dir, dump_config(c), resume_step=resume_step, tracking=tracking
+            )
+        return trainer
 
     def _starting_adapters(self, resumed: bool) -> dict[str, mx.array] | None:
-        """Adapters RL started from: the given ones or, on resume, the warm-up's; else None."""
+        """Adapters RL starts from: the model's when it was given some (`model.adapters`) or, on
+        resume, the warm-up's (RUN/warmup) or the given ones; else None (fresh LoRA)."""
         from ospo_mlx.train.checkpoint import ADAPTER_FILE
-        from ospo_mlx.train.policy import adapter_weights
 
         if not resumed:  # MLX arrays are immutable: the optimizer's updates make new ones
             return adapter_weights(self.model) if self.config.model.adapters else None
-        for directory in (self.run_dir / "warmup", self.config.model.adapters):
+        warmup = self.run_dir / "warmup" if self.run_dir is not None else None
+        for directory in (warmup, self.config.model.adapters):
             if directory and (Path(directory) / ADAPTER_FILE).is_file():
                 from ospo_mlx.safety import load_tensors
 
                 return load_tensors(Path(directory) / ADAPTER_FILE, "reference adapters")
         return None
 
-    def reference_log_probs(self, batch: Any) -> mx.array:
+    def reference_log_probs(self, batch: Batch) -> mx.array:
         """(B, T) log-probs under the KL reference, the policy at the start of RL."""
         t = self.config.sampling.temperature
         if self.reference_adapters is None:  # fresh LoRA starts at B = 0: adapters off
@@ -273,212 +311,210 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _draw(self, step: int, draw: int, count: int) -> tuple[Groups, float, float]:
-        """Sample and score this rank's share of the next `count` prompts; (groups, times)."""
-        from ospo_mlx.train.rollout import SamplingConfig, sample_groups
+    def sample(self, step: int, *, draw: int = 0, count: int | None = None) -> SampleRecord:
+        """Phase 1: G completions for each of this rank's share of the next `count` prompts.
+
+        `count` defaults to optim.batch_size; `draw` > 0 is another sampling pass of the same
+        step (dynamic sampling), with its own seed.
+        """
+        from ospo_mlx.train.rollout import sample_groups
 
         c, g = self.config, self.config.optim.num_generations
         t0 = time.perf_counter()
         indices = dist.shard(self.next_task_indices(count), self.world)  # this rank's prompts
         prompts = [self.prompts[i] for i in indices]
-        known = {f.name for f in fields(SamplingConfig)}
-        sampling = SamplingConfig(
-            **{k: v for k, v in vars(c.sampling).items() if k in known}, num_generations=g
-        )
         self.model.eval()  # no LoRA dropout while sampling
         # Draw 0 keeps the seed of a plain step; dynamic sampling's extra draws get new ones.
         seed = c.run.seed * 1_000_003 + step + 104_729 * self.world.rank + 15_485_863 * draw
-        rollouts = sample_groups(self.model, self.tokenizer, prompts, sampling, seed=seed)
-        texts = list(rollouts.texts)
-        t1 = time.perf_counter()
-        tasks = [self.tasks[i] for i in indices for _ in range(g)]
-        raw = np.asarray(self.reward.score(texts, tasks), dtype=np.float64)
-        groups = Groups(
-            g, list(indices), prompts, texts,
-            [list(map(int, t)) for t in rollouts.completion_tokens],
-            list(rollouts.token_offsets), list(rollouts.finished), raw,
-        )  # fmt: skip
-        return groups, t1 - t0, time.perf_counter() - t1
+        rollouts = sample_groups(
+            self.model, self.tokenizer, prompts, c.sampling, num_generations=g, seed=seed
+        )
+        return SampleRecord(
+            indices=indices,
+            tasks=[self.tasks[i] for i in indices for _ in range(g)],
+            prompts=prompts,
+            texts=list(rollouts.texts),
+            ids=[list(map(int, t)) for t in rollouts.completion_tokens],
+            offsets=list(rollouts.token_offsets),
+            finished=list(rollouts.finished),
+            seconds=time.perf_counter() - t0,
+        )
 
-    def generate(self, step: int) -> list[StepPart]:
-        """One sampling pass for `optim.steps_per_generation` optimizer steps, starting at `step`.
+    def score(
+        self, sample: SampleRecord, parts: dict[str, np.ndarray] | None = None
+    ) -> ScoreRecord:
+        """Phase 2: rewards, each reward's part, and GRPO advantages over all ranks' groups.
 
-        Draws (with dynamic sampling, possibly several times) batch_size x steps_per_generation
-        prompts' groups, computes advantages and credit over all of them, and cuts them into
-        one update batch per step, prompt-major.
+        `parts`: each reward's scores when the generation already computed them (dynamic
+        sampling scores every draw to filter its groups), else they are computed here.
         """
         c, g = self.config, self.config.optim.num_generations
-        o = c.optim
-        k = o.steps_per_generation
-        need = o.batch_size * k  # prompts of the whole generation, over all ranks
-        groups_filter = GroupFilter(need // self.world.size, g, enabled=o.dynamic_sampling)
-        t_sample = t_score = 0.0
-        for draw in range(o.dynamic_sampling_max_draws if o.dynamic_sampling else 1):
-            drawn, ts, tr = self._draw(step, draw, need)
-            groups_filter.add(drawn)
-            t_sample, t_score = t_sample + ts, t_score + tr
-            # every rank draws as long as any rank is short, so the data cursors stay in step
-            if not dist.any_rank(not groups_filter.full, self.world):
-                break
-        gen, sampling_counts = groups_filter.finish()
-        t_reward_start = time.perf_counter()
-        texts, ids, offsets, finished = gen.texts, gen.ids, gen.offsets, gen.finished
-        tasks = [self.tasks[i] for i in gen.task_indices for _ in range(g)]
-        raw = gen.raw_rewards
-        rewards, _ = sanitize_rewards(raw)  # the non-finite ones are counted per step below
-        if self.reward.reward_metric == "ndcg@10":  # the default: no second retrieval pass
-            ndcg = raw
-        else:
-            ndcg = np.asarray(
-                self.reward.metrics(texts, tasks).get("ndcg@10", raw), dtype=np.float64
+        t0 = time.perf_counter()
+        texts, tasks = sample.texts, sample.tasks
+        if parts is None:
+            parts = self.reward.score_parts(texts, tasks)
+        raw = self.reward.combine(list(parts.values()))
+        rewards, nonfinite = sanitize_rewards(raw)
+        ndcg = None
+        retrieval = self.reward.retrieval
+        if retrieval is not None:  # the default metric needs no second retrieval pass
+            ndcg = (
+                parts[retrieval.name]
+                if retrieval.reward_metric == "ndcg@10"
+                else retrieval.metrics(texts, tasks).get("ndcg@10", parts[retrieval.name])
             )
         # Advantages over the combined batch of all ranks (batch scaling needs its std).
         all_rewards = dist.gather(rewards, self.world)
-        all_adv = credit.grpo_advantages(all_rewards, g, o.scale_rewards)
-        all_flat = zero_std_groups(all_rewards, g)
-        all_adv[np.repeat(all_flat, g)] = 0.0  # equal rewards: exactly zero, whatever the scaling
+        all_adv = credit.grpo_advantages(all_rewards, g, c.optim.scale_rewards)
+        flat = zero_std_groups(all_rewards, g)
+        all_adv[np.repeat(flat, g)] = 0.0  # equal rewards: exactly zero, whatever the scaling
         mine = slice(self.world.rank * len(rewards), (self.world.rank + 1) * len(rewards))
-        seq_adv = all_adv[mine]
-        t_reward = time.perf_counter()
-
-        attribute = c.algorithm == "ospo" or c.run.log_attributions
         scored = [self.reward.scored(t) for t in texts]
-        status = [st for _, st in scored]
-        zeroed = np.array([text is None for text, _ in scored], dtype=bool)
-        # Nothing to redistribute (A = 0), a reward of 0 (uniform fallback) or a format-zeroed
-        # answer (no content to credit): GRPO weights, and no coalition is evaluated for it.
-        active = (
-            (seq_adv != 0.0) & ~zeroed & (np.abs(rewards) >= credit.ZERO_REWARD)
-            if c.algorithm == "ospo"
-            else np.ones(len(texts), bool)
-        )
-        attr = self.attribute(texts, offsets, tasks, seq_adv, active) if attribute else None
-        lengths = [len(t) for t in ids]
-        weights, _ = (  # completions without segments: counted per step below
+        return ScoreRecord(
+            rewards=rewards, parts=parts, all_rewards=all_rewards, flat_groups=flat,
+            advantages=all_adv[mine], status=[st for _, st in scored],
+            zeroed=np.array([text is None for text, _ in scored], dtype=bool),
+            nonfinite=nonfinite, ndcg=ndcg, raw=np.asarray(raw, dtype=np.float64),
+            seconds=time.perf_counter() - t0,
+        )  # fmt: skip
+
+    def credit(self, sample: SampleRecord, score: ScoreRecord) -> CreditRecord:
+        """Phase 3: segment credit (OSPO) or the broadcast sequence advantage (GRPO)."""
+        c = self.config
+        t0 = time.perf_counter()
+        attr = None
+        if c.algorithm == "ospo" or c.run.log_attributions:
+            # Nothing to redistribute (A = 0), a reward of 0 (uniform fallback) or a format-zeroed
+            # answer (no content to credit): GRPO weights, and no coalition is evaluated for it.
+            active = (
+                (score.advantages != 0.0)
+                & ~score.zeroed
+                & (np.abs(score.rewards) >= credit.ZERO_REWARD)
+                if c.algorithm == "ospo"
+                else np.ones(len(sample.texts), bool)
+            )
+            attr = self.attribute(
+                sample.texts, sample.offsets, sample.tasks, score.advantages, active
+            )
+        lengths = sample.lengths
+        weights, no_segments = (
             fallback_weights(attr.segments, attr.weights)
             if attr
             else ([np.ones(n) for n in lengths], 0)
         )
         token_adv = token_advantages(
-            c.algorithm, seq_adv, weights, lengths, rewards, c.attribution,
+            c.algorithm, score.advantages, weights, lengths, score.rewards, c.attribution,
             in_segments=attr.in_segments if attr else None,
         )  # fmt: skip
-        t_attr = time.perf_counter()
+        score.counts = self.reward.counts()  # coalition calls count too (none_coalitions)
+        return CreditRecord(attr, weights, token_adv, no_segments, time.perf_counter() - t0)
 
-        prompt_rows = [p for p in gen.prompts for _ in range(g)]
+    def pack(self, sample: SampleRecord, credit: CreditRecord, *, off_policy: bool) -> Batch:
+        """The update batch of these completions (truncation mask; pi_old when `off_policy`)."""
+        c, g = self.config, self.config.optim.num_generations
         pad = (
             getattr(self.tokenizer, "pad_token_id", None)
             or getattr(self.tokenizer, "eos_token_id", 0)
             or 0
         )
-        n = len(texts) // k  # this rank's completions per optimizer step
-        by_rank = all_rewards.reshape(self.world.size, -1)
-        parts = []
-        for j in range(k):
-            sl = slice(j * n, (j + 1) * n)
-            batch = pack_batch(
-                prompt_rows[sl],
-                ids[sl],
-                [row[:m] for row, m in zip(token_adv[sl], lengths[sl], strict=True)],
-                pad_id=pad,
+        lengths = sample.lengths
+        batch = pack_batch(
+            [p for p in sample.prompts for _ in range(g)],
+            sample.ids,
+            [row[:n] for row, n in zip(credit.token_advantages, lengths, strict=True)],
+            pad_id=pad,
+        )
+        if c.optim.mask_truncated_completions:  # cut at max_new_tokens: no part in the loss
+            batch.mask = truncation_mask(batch.mask, mx.array(sample.finished))
+        if off_policy:  # updated after earlier steps moved the policy: pi_old = the sampler
+            batch.old_logps = sequence_log_probs(self.model, batch, c.sampling.temperature)
+        return batch
+
+    def generate(self, step: int) -> list[StepPart]:
+        """One sampling pass for `optim.steps_per_generation` optimizer steps, from `step` on.
+
+        sample + raw score, repeated while dynamic sampling finds too few groups with signal
+        (train/groups.py); then score (advantages over the kept groups of all ranks) and credit
+        over the whole generation; then one StepPart per step, prompt-major.
+        """
+        c, g, o = self.config, self.config.optim.num_generations, self.config.optim
+        k = o.steps_per_generation
+        need = o.batch_size * k  # prompts of the whole generation, over all ranks
+        kept = GroupFilter(need // self.world.size, g, enabled=o.dynamic_sampling)
+        t_sample = t_score = 0.0
+        for draw in range(o.dynamic_sampling_max_draws if o.dynamic_sampling else 1):
+            drawn = self.sample(step, draw=draw, count=need)
+            t0 = time.perf_counter()
+            parts = self.reward.score_parts(drawn.texts, drawn.tasks)
+            raw = self.reward.combine(list(parts.values()))
+            t_sample, t_score = t_sample + drawn.seconds, t_score + time.perf_counter() - t0
+            kept.add(Groups(
+                g, list(drawn.indices), drawn.prompts, drawn.texts, drawn.ids, drawn.offsets,
+                drawn.finished, raw, parts,
+            ))  # fmt: skip
+            # every rank draws as long as any rank is short, so the data cursors stay in step
+            if not dist.any_rank(not kept.full, self.world):
+                break
+        gen, sampling_counts = kept.finish()
+        sample = SampleRecord(
+            indices=gen.task_indices,
+            tasks=[self.tasks[i] for i in gen.task_indices for _ in range(g)],
+            prompts=gen.prompts, texts=gen.texts, ids=gen.ids, offsets=gen.offsets,
+            finished=gen.finished, seconds=t_sample,
+        )  # fmt: skip
+        score = self.score(sample, parts=gen.parts)
+        score.seconds += t_score
+        credit_record = self.credit(sample, score)
+        out = []
+        for j, (s, sc, cr) in enumerate(
+            split_generation(sample, score, credit_record, k, world_size=self.world.size)
+        ):
+            metrics = {key: v if j == 0 else 0.0 for key, v in sampling_counts.items()}
+            metrics["completions/masked_truncated"] = float(
+                o.mask_truncated_completions * (len(s.finished) - int(np.sum(s.finished)))
             )
-            if o.mask_truncated_completions:  # cut at max_new_tokens: no part in the loss
-                batch.mask = truncation_mask(batch.mask, mx.array(finished[sl]))
-            if k > 1:  # later parts are updated off-policy: pi_old is the sampling policy
-                batch.old_logps = sequence_log_probs(self.model, batch, c.sampling.temperature)
-            step_rewards = by_rank[:, sl].reshape(-1)
-            first = j == 0  # the generation's costs and counts go to its first step
-            metrics = {
-                "reward": float(step_rewards.mean()),
-                "reward_std": float(step_rewards.std()),
-                "frac_reward_zero_std": float(zero_std_groups(step_rewards, g).mean()),
-                "completions/mean_length": float(np.mean(lengths[sl])),
-                "completions/min_length": float(np.min(lengths[sl])),
-                "completions/max_length": float(np.max(lengths[sl])),
-                "completions/clipped_ratio": float(1.0 - np.mean(finished[sl])),
-                "completions/masked_truncated": float(
-                    o.mask_truncated_completions * (n - int(np.sum(finished[sl])))
-                ),
-                "ndcg@10": float(np.nan_to_num(ndcg[sl]).mean()),
-                "ospo/segments_mean": float(np.mean([len(s) for s in attr.segments[sl]]))
-                if attr
-                else 0.0,
-                "ospo/coalitions": float(sum(len(m) for m in attr.coalitions[sl])) if attr else 0.0,
-                **(attr.metrics(sl) if attr else Attribution([], [], [], [], [], []).metrics()),
-                "ospo/no_answer_tags": float(status[sl].count("missing_tags")),
-                "ospo/unclosed_answer": float(status[sl].count("unclosed")),
-                "ospo/format_zeroed": float(zeroed[sl].sum()),
-                "ospo/no_segments": float(sum(1 for s in attr.segments[sl] if not s))
-                if attr
-                else 0.0,
-                "skipped/prompt_too_long": float(self.skipped_long),
-                "reward/nonfinite": float(np.sum(~np.isfinite(raw[sl]))),
-                **{key: v if first else 0.0 for key, v in sampling_counts.items()},
-                "time/sample": t_sample if first else 0.0,
-                "time/reward": t_score + t_reward - t_reward_start if first else 0.0,
-                "time/attribution": t_attr - t_reward if first else 0.0,
-                "gen_tokens": float(sum(lengths[sl])),
-            }
             rows = []
             if c.run.log_rollouts:
-                for i in range(sl.start, sl.stop):
-                    task = tasks[i]
-                    rows.append({
-                        "step": step + j, "group": self.world.rank * (n // g) + (i - sl.start) // g,
-                        "member": i % g, "task_id": task.id,
-                        "prompt": task.query if task.query is not None else self.prompt_text(task),
-                        "completion": texts[i], "token_ids": ids[i],
-                        "token_offsets": [list(map(int, o_)) for o_ in offsets[i]],
-                        "reward": float(rewards[i]), "advantage": float(seq_adv[i]),
-                        "segments": [list(s) for s in attr.segments[i]] if attr else [],
-                        "coalitions": [np.flatnonzero(m).tolist() for m in attr.coalitions[i]] if attr else [],
-                        "coalition_values": attr.values[i].tolist() if attr else [],
-                        "owen": attr.owen[i].tolist() if attr else [],
-                        "token_weights": weights[i].tolist(),
-                        "token_advantages": token_adv[i, : lengths[i]].tolist(),
-                        "algorithm": c.algorithm,
-                    })  # fmt: skip
-            parts.append(StepPart(batch, metrics, rows))
-        return parts
+                rows = rollout_rows(
+                    step + j, s, sc, cr, c, rank=self.world.rank, prompt_text=self.prompt_text
+                )
+            # later parts are updated off-policy: pi_old is the sampling policy, taken now
+            out.append(StepPart(self.pack(s, cr, off_policy=k > 1), s, sc, cr, metrics, rows))
+        return out
 
-    def train_step(self) -> StepRecord:
-        """One optimizer step: a new generation when the last one is used up, then its update."""
+    def update_policy(self, batch: Batch) -> UpdateRecord:
+        """Phase 4: num_iterations clipped updates on one step's batch."""
         c = self.config
-        step = self.step + 1
-        mx.reset_peak_memory()
-        t_start = time.perf_counter()
-        if not self.pending:
-            self.pending = self.generate(step)
-        part = self.pending.pop(0)
-        batch = part.batch
-        t_update = time.perf_counter()
+        t0 = time.perf_counter()
         if c.optim.beta > 0:
             batch.ref_logps = self.reference_log_probs(batch)
         results = []
         for _ in range(c.optim.num_iterations):
-            # pi_old: given by the generation when it fed several steps, else this first pass
+            # pi_old: given by the generation when it feeds several steps, else this first pass
             result = self.update(batch, use_old_logps=batch.old_logps is not None)
             if batch.old_logps is None:
                 batch.old_logps = result.logps  # the sampling policy, before any update
             results.append(result.metrics)
-        t_end = time.perf_counter()
+        metrics = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
+        metrics["grad_norm"] = results[-1]["grad_norm"]
+        return UpdateRecord(
+            metrics, float(self.optimizer.learning_rate.item()), time.perf_counter() - t0
+        )
 
+    def train_step(self) -> StepRecord:
+        """One optimizer step: a new generation when the last one is used up, then its update."""
+        step = self.step + 1
+        mx.reset_peak_memory()
+        if not self.pending:
+            self.pending = self.generate(step)
+        part = self.pending.pop(0)
+        update = self.update_policy(part.batch)
         self.step = step
-        update = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
-        update["grad_norm"] = results[-1]["grad_norm"]
-        head = dict(part.metrics)
-        gen_tokens = head.pop("gen_tokens")
-        metrics = {
-            "step": step,
-            **{k: head.pop(k) for k in ("reward", "reward_std", "frac_reward_zero_std")},
-            **update,
-            **head,
-            "learning_rate": float(self.optimizer.learning_rate.item()),
-            "time/update": t_end - t_update,
-            "time/step": t_end - t_start,
-            "tokens_per_second": gen_tokens / max(t_end - t_start, 1e-9),
-            "peak_memory_gb": mx.get_peak_memory() / 1e9,
-        }
+        metrics = step_metrics(
+            step, part.sample, part.score, part.credit, update,
+            skipped_long=self.skipped_long, peak_memory_gb=mx.get_peak_memory() / 1e9,
+            extra=part.metrics,
+        )  # fmt: skip
         metrics = dist.reduce_metrics(metrics, self.world, keep=GLOBAL_METRICS)
         return StepRecord(metrics, part.rollouts)
 
@@ -492,39 +528,44 @@ class Trainer:
         )  # fmt: skip
 
     def warm_up(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> Any:
-        """The supervised format warm-up (`warmup.steps` > 0), once, before the first RL step.
+        """The supervised format warm-up (`sft.steps` > 0), once, before the first RL step.
 
-        Its adapters and losses go to RUN/warmup/; a resumed run skips it (its checkpoint
-        already holds the warmed-up adapters). Returns the SFTResult, or None when skipped.
+        Its adapters and losses go to RUN/warmup/ (nowhere without a run directory); a resumed
+        run skips it (its checkpoint already holds the warmed-up adapters). Returns the
+        SFTResult, or None when skipped.
         """
         if self.warmed_up:
             return None
         from ospo_mlx.train.sft import SFTConfig, warm_up_model
 
-        w, c = self.config.warmup, self.config
-        sft = SFTConfig(**asdict(w), seed=c.run.seed)
+        c = self.config
+        sft = SFTConfig(**asdict(c.sft), seed=c.run.seed)
+        out = self.run_dir / "warmup" if self.world.is_main and self.run_dir is not None else None
         result = warm_up_model(
             self.model, self.tokenizer, self.tasks, self.catalog, c.prompt, sft,
-            out=self.run_dir / "warmup" if self.world.is_main else None, lora=c.lora,
-            on_step=on_step, compile=c.optim.compile,
+            out=out, lora=c.lora, on_step=on_step, compile=c.optim.compile,
         )  # fmt: skip
         self.warmed_up = True
-        from ospo_mlx.train.policy import adapter_weights
-
         # RL starts here: the KL reference is the warmed-up policy, as TRL's is the initial one.
         self.reference_adapters = adapter_weights(self.model)
         return result
 
-    def run(self, max_steps: int | None = None) -> list[dict[str, float]]:
-        """Train until `optim.steps` (or `max_steps` more steps); checkpoint on schedule and at the end.
+    def run(
+        self,
+        max_steps: int | None = None,
+        *,
+        on_warmup_step: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Warm up (once, if configured), then train until `optim.steps` (or `max_steps` more).
 
+        Checkpoints on schedule and at the end when the trainer has a run directory.
         SIGINT/SIGTERM finish the current step, write a checkpoint and raise TrainingInterrupted
         (a second Ctrl-C exits at once); every rank stops at the same step.
         """
         total = self.config.optim.steps
         stop = total if max_steps is None else min(total, self.step + max_steps)
         history = []
-        self.warm_up()
+        self.warm_up(on_warmup_step)
         try:
             with GracefulStop() as signals:
                 while self.step < stop:
@@ -555,7 +596,28 @@ class Trainer:
         return history
 
     def save(self) -> Path | None:
-        """Checkpoint now (rank 0 only; other ranks hold the same adapters)."""
-        if not self.world.is_main:
+        """Checkpoint now (rank 0 with a run directory only; other ranks hold the same adapters)."""
+        if not self.world.is_main or self.run_dir is None:
             return None
         return self._save()
+
+
+def load_policy_model(config: TrainConfig, *, load_adapters: bool = True) -> tuple[Any, Any]:
+    """The configured model and tokenizer, LoRA applied (and `model.adapters` loaded)."""
+    from ospo_mlx.models.load import load_model, should_dequantize
+
+    c = config
+    model, tokenizer = load_model(c.model.name, trust_remote_code=c.model.trust_remote_code)
+    if should_dequantize(c.model.dequantize):
+        from mlx_lm.utils import dequantize_model
+
+        dequantize_model(model)
+        mx.eval(model.parameters())
+    apply_lora(model, c.lora, seed=c.run.seed)
+    if c.model.adapters and load_adapters:  # a resumed run's checkpoint holds them instead
+        from ospo_mlx.train.sft import load_adapter_weights
+
+        load_adapter_weights(model, c.model.adapters)
+    if c.optim.grad_checkpoint:
+        enable_grad_checkpoint(model)
+    return model, tokenizer

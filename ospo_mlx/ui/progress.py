@@ -54,13 +54,24 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def reward_parts(m: Mapping[str, float]) -> list[tuple[str, float]]:
+    """(name, mean) of each reward of the sum (rewards/<name>/mean), when there are several."""
+    parts = [
+        (key[len("rewards/") : -len("/mean")], float(v))
+        for key, v in m.items()
+        if key.startswith("rewards/") and key.endswith("/mean")
+    ]
+    return parts if len(parts) > 1 else []
+
+
 def plain_line(step: int, total: int, m: Mapping[str, float], eta: float | None) -> str:
     """The one-line-per-step format used when stdout is not a terminal."""
     split = " ".join(f"{name} {m.get(key, 0.0):.1f}" for name, key in TIME_PARTS)
     parts = [
         f"step {step}/{total}",
         f"reward {m.get('reward', 0.0):.4f}",
-        f"ndcg@10 {m.get('ndcg@10', 0.0):.4f}",
+        *([f"ndcg@10 {m['ndcg@10']:.4f}"] if "ndcg@10" in m else []),
+        *(f"{name} {value:.4f}" for name, value in reward_parts(m)),
         f"loss {m.get('loss', 0.0):+.4f}",
         f"kl {m.get('kl', 0.0):.4f}",
         f"clip {m.get('clip_ratio/region_mean', 0.0):.3f}",
@@ -145,10 +156,14 @@ class TrainProgress:
         table.add_column(justify="right")
         table.add_column()
         for key in ("reward", "ndcg@10"):
+            if key != "reward" and key not in m:
+                continue  # no retrieval reward in the sum
             values = self.history[key]
             now = f"{values[-1]:.4f}" if values else "-"
             table.add_row(key, now, Text(f"{sparkline(values, 30)} {trend(values)}", style="cyan"))
         if m:
+            for name, value in reward_parts(m):
+                table.add_row(f"  {name}", f"{value:.4f}", "")
             table.add_row(
                 "loss / kl",
                 f"{m.get('loss', 0.0):+.4f}",

@@ -285,7 +285,8 @@ class RunReader:
     @property
     def warmup_steps(self) -> int:
         """Supervised warm-up updates before RL (0 when the run had none)."""
-        warmup = self.config.get("warmup") if isinstance(self.config, dict) else None
+        config = self.config if isinstance(self.config, dict) else {}
+        warmup = config.get("sft", config.get("warmup"))  # `warmup` in runs made before the rename
         steps = warmup.get("steps") if isinstance(warmup, dict) else None
         return steps if isinstance(steps, int) and steps > 0 else 0
 
