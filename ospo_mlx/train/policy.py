@@ -236,6 +236,7 @@ class PolicyUpdate:
         )
         self.state = self.step.state
         self.compiled = compile
+        self.last_micro_rows = 0  # rows per forward/backward of the latest update (bench/logs)
 
     def micro_rows(self, batch: Batch) -> int:
         """Rows per forward/backward for this batch (see `micro_batch_rows`)."""
@@ -258,6 +259,7 @@ class PolicyUpdate:
             self.world.size * self.accum
         )
         part_rows, rows = batch.size // self.accum, self.micro_rows(batch)
+        self.last_micro_rows = rows
         acc, logps = self.step.zeros(), []
         loss_sum: mx.array = mx.array(0.0)
         metric_sums: dict[str, mx.array] = {}
