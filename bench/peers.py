@@ -356,6 +356,10 @@ def main() -> None:
             result = run_process(table[name], env, log, args.seed + r + 1)
             result["log"] = str(log)
             runs[name].append(result)
+            partial = {n: summarize(rs) for n, rs in runs.items() if rs}
+            (work / "peers-partial.json").write_text(  # survives an interrupted run
+                json.dumps({"trainers": partial, **ratios(partial)}, indent=1)
+            )
             if not args.json:
                 print(f"round {r + 1} {name}: rc {result['rc']}, {len(result['steps'])} steps, "
                       f"peak RSS {result['peak_rss_gb']:.2f} GB ({log})", flush=True)  # fmt: skip

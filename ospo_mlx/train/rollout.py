@@ -336,6 +336,8 @@ def sample_groups(
                         logprobs[order[r.uid]].append(v)
     finally:
         gen.close()
+        # Hand the KV caches' buffers back now: the update that follows needs the memory.
+        mx.clear_cache()
     stats.prompt_tokens += batch_stats.prompt_tokens
     stats.prefill_s += batch_stats.prompt_time
     stats.generation_tokens = sum(len(t) for t in tokens)

@@ -286,8 +286,9 @@ class Trainer:
         )
         if c.optim.beta > 0:
             batch.ref_logps = sequence_log_probs(
-                self.model, batch, c.sampling.temperature, reference=True
-            )
+                self.model, batch, c.sampling.temperature, reference=True,
+                chunk=self.update.micro_rows(batch),
+            )  # fmt: skip
         results = []
         for iteration in range(c.optim.num_iterations):
             result = self.update(batch, use_old_logps=iteration > 0)
