@@ -187,7 +187,7 @@ class OptimConfig:
         },
     )
     micro_batch_tokens: int = field(
-        default=1024,
+        default=512,
         metadata={
             "help": "With micro_batch_size 0: padded tokens (rows x sequence length) per "
             "forward/backward pass; lower it to save memory, raise it for speed."
