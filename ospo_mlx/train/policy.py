@@ -21,7 +21,7 @@ from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from ospo_mlx.config import LoraConfig, OptimConfig
 from ospo_mlx.errors import ConfigError
-from ospo_mlx.train.batching import Batch
+from ospo_mlx.train.batching import Batch, length_sorted_micro_batches
 from ospo_mlx.train.distributed import SINGLE, World, global_count
 from ospo_mlx.train.loss import policy_loss, token_log_probs
 from ospo_mlx.train.step import CompiledStep
@@ -255,12 +255,13 @@ class PolicyUpdate:
         # Data parallel: the token count is summed over ranks (and divided by the world size,
         # since gradients are averaged), so the update is the combined batch's.
         row_tokens = np.asarray(batch.mask.sum(axis=1), dtype=np.float64)  # one host read
+        prompt_lens = np.asarray(batch.prompt_lens)
         dapo_norm = global_count(float(row_tokens.sum()), self.world) / (
             self.world.size * self.accum
         )
         part_rows, rows = batch.size // self.accum, self.micro_rows(batch)
         self.last_micro_rows = rows
-        acc, logps = self.step.zeros(), []
+        acc, logps, order = self.step.zeros(), [], []
         loss_sum: mx.array = mx.array(0.0)
         metric_sums: dict[str, mx.array] = {}
         for part in range(self.accum):
@@ -268,8 +269,14 @@ class PolicyUpdate:
             part_tokens = max(float(row_tokens[first : first + part_rows].sum()), 1.0)
             token_norm = dapo_norm if self.cfg.loss_type == "dapo" else mx.array(part_tokens)
             seq_norm = mx.array(float(part_rows))
-            for start in range(first, first + part_rows, rows):
-                mb = batch.slice(start, start + rows)
+            groups = length_sorted_micro_batches(
+                prompt_lens[first : first + part_rows],
+                row_tokens[first : first + part_rows].astype(np.int64),
+                rows, batch.tokens.shape[1], batch.num_positions,
+            )  # fmt: skip
+            for idx, seq_len, width in groups:
+                idx = idx + first
+                mb = batch.take(idx, seq_len, width)
                 old = mb.old_logps if use_old_logps else None
                 loss, (metrics, lp), acc = self.step.accumulate(
                     acc, mb.tokens, mb.prompt_lens, mb.mask, mb.advantages, old, mb.ref_logps,
@@ -277,9 +284,10 @@ class PolicyUpdate:
                 )  # fmt: skip
                 # Evaluate per micro-batch: only one micro-batch's activations are ever alive.
                 mx.eval(self.state, loss, metrics, lp, acc)
-                logps.append(lp)
+                logps.append(mx.pad(lp, [(0, 0), (0, batch.num_positions - width)]))
+                order.append(idx)
                 # Masked-mean metrics weighted by token share: the part's masked mean exactly.
-                share = float(row_tokens[start : start + rows].sum()) / part_tokens / self.accum
+                share = float(row_tokens[idx].sum()) / part_tokens / self.accum
                 loss_sum = loss_sum + loss
                 for key, value in metrics.items():
                     metric_sums[key] = metric_sums.get(key, mx.array(0.0)) + value * share
@@ -288,7 +296,10 @@ class PolicyUpdate:
         sums = {"loss": loss_sum.item() / self.accum}
         sums.update({key: value.item() for key, value in metric_sums.items()})
         sums["grad_norm"] = grad_norm.item()
-        return UpdateResult(sums, mx.concatenate(logps, axis=0), int(row_tokens.sum()))
+        # Back to the batch's row order (pi_old of later iterations is indexed by row).
+        inverse = np.argsort(np.concatenate(order))
+        logps_all = mx.take(mx.concatenate(logps, axis=0), mx.array(inverse), axis=0)
+        return UpdateResult(sums, logps_all, int(row_tokens.sum()))
 
 
 def sequence_log_probs(
