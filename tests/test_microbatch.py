@@ -16,7 +16,12 @@ from test_policy import VOCAB, randomize_b, tiny_llama
 
 from ospo_mlx.config import LoraConfig, OptimConfig, load_config
 from ospo_mlx.errors import ConfigError
-from ospo_mlx.train.batching import length_sorted_micro_batches, pack_batch, round_up
+from ospo_mlx.train.batching import (
+    MICRO_MULTIPLE,
+    length_sorted_micro_batches,
+    pack_batch,
+    round_up,
+)
 from ospo_mlx.train.loss import LOSS_TYPES
 from ospo_mlx.train.policy import (
     PolicyUpdate,
@@ -207,7 +212,7 @@ def test_length_sorted_micro_batches_cover_every_row_once_and_hold_it(lengths, r
     for idx, length, w in groups:
         assert len(idx) <= rows
         assert totals[idx].max() <= length <= seq and comps[idx].max() <= w <= width
-        assert length % 16 == 0 or length == seq
+        assert length % MICRO_MULTIPLE == 0 or length == seq
 
 
 def test_take_keeps_rows_whole_and_in_the_given_order():
