@@ -237,12 +237,21 @@ def run_process(peer: Peer, env: dict[str, str], log: Path, seed: int) -> dict[s
         proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    steps = [
-        json.loads(line[5:])
-        for line in log.read_text("utf-8", errors="replace").splitlines()
-        if line.startswith("STEP ")
-    ]
-    return {"rc": proc.returncode, "steps": steps, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9}
+    return {
+        "rc": proc.returncode,
+        "steps": read_steps(log),
+        "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
+    }
+
+
+def read_steps(log: Path) -> list[dict[str, Any]]:
+    """The `STEP {json}` records of a log; a progress bar may share the line (mlx-lm-lora's)."""
+    out = []
+    for line in log.read_text("utf-8", errors="replace").splitlines():
+        at = line.find("STEP {")
+        if at >= 0:
+            out.append(json.loads(line[at + 5 :]))
+    return out
 
 
 def median(values: list[float | None]) -> float | None:
