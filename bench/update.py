@@ -42,14 +42,19 @@ def random_batch(vocab: int, batch: int, prompt_len: int, completion_len: int, s
     return pack_batch(prompts, completions, advantages)
 
 
-def build_updates(model: Any, batch: Any, repeats: int, accum: int) -> dict[str, Any]:
+def build_updates(
+    model: Any, batch: Any, repeats: int, accum: int, micro: int = 0
+) -> dict[str, Any]:
     """Both updates on the same model (each with its own optimizer), warmed up; peak memory."""
     from ospo_mlx.config import OptimConfig
     from ospo_mlx.train.policy import PolicyUpdate, build_optimizer
 
     out = {}
     for mode in MODES:
-        cfg = OptimConfig(learning_rate=1e-5, steps=repeats + 4, gradient_accumulation_steps=accum)
+        cfg = OptimConfig(
+            learning_rate=1e-5, steps=repeats + 4, gradient_accumulation_steps=accum,
+            micro_batch_size=micro,
+        )  # fmt: skip
         update = PolicyUpdate(
             model, build_optimizer(cfg, cfg.steps), cfg, temperature=1.0,
             max_completion_length=batch.num_positions, compile=mode == "compiled",
@@ -61,8 +66,8 @@ def build_updates(model: Any, batch: Any, repeats: int, accum: int) -> dict[str,
     return out
 
 
-def measure(model: Any, batch: Any, repeats: int, accum: int) -> dict[str, Any]:
-    updates = build_updates(model, batch, repeats, accum)
+def measure(model: Any, batch: Any, repeats: int, accum: int, micro: int = 0) -> dict[str, Any]:
+    updates = build_updates(model, batch, repeats, accum, micro)
     times: dict[str, list[float]] = {m: [] for m in MODES}
     for i in range(repeats):
         for mode in MODES if i % 2 == 0 else MODES[::-1]:  # alternate who goes first
@@ -101,6 +106,10 @@ def main() -> None:
     parser.add_argument("--completion-len", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=6, help="timed updates per side")
     parser.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-batches")
+    parser.add_argument(
+        "--micro-batch-size", type=int, default=0,
+        help="rows per forward/backward (optim.micro_batch_size; 0 = automatic)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.model = args.model or "tiny"
@@ -120,8 +129,9 @@ def main() -> None:
         "seq_len": int(batch.tokens.shape[1]),
         "completion_len": args.completion_len,
         "accum": args.accum,
+        "micro_batch_size": args.micro_batch_size,
         "repeats": args.repeats,
-        **measure(model, batch, args.repeats, args.accum),
+        **measure(model, batch, args.repeats, args.accum, args.micro_batch_size),
     }
     lines = [
         f"model {result['model']} on {result['device']}: {args.batch} x {result['seq_len']} "

@@ -152,6 +152,21 @@ class OptimConfig:
         default=1,
         metadata={"help": "Micro-batches per update; the batch's completions are split evenly."},
     )
+    micro_batch_size: int = field(
+        default=0,
+        metadata={
+            "help": "Completions per forward/backward pass (memory); gradients are summed inside "
+            "the compiled step, so the update equals the whole batch's within float tolerance. "
+            "0 = choose from the sequence length (micro_batch_tokens)."
+        },
+    )
+    micro_batch_tokens: int = field(
+        default=512,
+        metadata={
+            "help": "With micro_batch_size 0: padded tokens (rows x sequence length) per "
+            "forward/backward pass; lower it to save memory, raise it for speed."
+        },
+    )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(
         default=0, metadata={"help": "Linear warm-up updates before the cosine decay."}
@@ -372,6 +387,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         "optim.num_generations": o.num_generations,
         "optim.num_iterations": o.num_iterations,
         "optim.gradient_accumulation_steps": o.gradient_accumulation_steps,
+        "optim.micro_batch_tokens": o.micro_batch_tokens,
         "sampling.max_new_tokens": s.max_new_tokens,
         "lora.rank": lo.rank,
         "run.save_every": config.run.save_every,
@@ -398,6 +414,10 @@ def validate(config: TrainConfig) -> TrainConfig:
     if o.num_generations < 2:
         raise ConfigError(
             "optim.num_generations: needs at least 2 completions per prompt to compare them"
+        )
+    if o.micro_batch_size < 0:
+        raise ConfigError(
+            f"optim.micro_batch_size: must be >= 0 (0 = automatic), got {o.micro_batch_size}"
         )
     completions = o.batch_size * o.num_generations
     if completions % o.gradient_accumulation_steps:

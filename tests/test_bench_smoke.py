@@ -23,6 +23,7 @@ SCRIPTS = [
     ("sampling", [], False, ["ospo_tokens_per_s", "mlx_lm_tokens_per_s", "ratio"]),
     ("update", [], False, []),
     ("step_overhead", [], False, ["ospo_grpo_ratio"]),
+    ("peers", [], False, ["trainers", "missing", "ospo_vs_mlxlmlora_step", "ospo_vs_trl_step"]),
     (
         "fidelity",
         [],

@@ -196,3 +196,29 @@ def test_offsets_fallback_for_non_local_decoders():
     text, spans = decode_with_offsets(decode, tokens)
     assert text == decode(tokens)
     _check_offsets(text, spans)
+
+
+def test_smaller_kv_growth_step_keeps_the_samples_and_lowers_the_peak(tiny, prompts, monkeypatch):
+    import contextlib
+
+    from mlx_lm.models.cache import BatchKVCache
+
+    from ospo_mlx.train import rollout
+
+    model, tok = tiny
+    cfg = SamplingConfig(num_generations=4, max_new_tokens=24, seed=3, return_logprobs=True)
+    default = BatchKVCache.step
+    peaks, outs = {}, {}
+    for mode in ("library", "ours"):
+        if mode == "library":
+            monkeypatch.setattr(rollout, "_kv_growth_step", lambda n: contextlib.nullcontext())
+        else:
+            monkeypatch.undo()
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        outs[mode] = sample_groups(model, tok, prompts, cfg)
+        peaks[mode] = mx.get_peak_memory()
+    assert outs["ours"].completion_tokens == outs["library"].completion_tokens
+    assert outs["ours"].logprobs == outs["library"].logprobs
+    assert peaks["ours"] < peaks["library"]
+    assert BatchKVCache.step == default  # restored

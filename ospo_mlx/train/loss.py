@@ -111,28 +111,32 @@ def aggregate(
     loss_type: LossType,
     max_completion_length: int | None = None,
     token_normalizer: mx.array | float | None = None,
+    sequence_normalizer: mx.array | float | None = None,
 ) -> mx.array:
     """Reduce a per-token loss to a scalar the way TRL's `loss_type` does.
 
     grpo: mean over each sequence's tokens, then over sequences (short answers weigh more).
     bnpo: mean over all tokens of this batch.
-    dapo: sum over tokens / `token_normalizer` (the token count of the whole generation batch,
-          so micro-batches of gradient accumulation all share one normalizer; default: this batch).
+    dapo: sum over tokens / the token count of the whole generation batch.
     dr_grpo: sum / (B * max_completion_length), a constant normalizer free of length bias.
+
+    The normalizers default to this batch's token count (bnpo, dapo) and row count (grpo,
+    dr_grpo). A micro-batch of a larger batch passes the larger batch's counts as
+    `token_normalizer` / `sequence_normalizer`: its loss is then its exact share of the larger
+    batch's loss, so the micro-batch losses (and gradients) sum to the full batch's.
     """
     masked = per_token * mask
+    rows = per_token.shape[0] if sequence_normalizer is None else sequence_normalizer
     if loss_type == "grpo":
         per_seq = masked.sum(axis=-1) / mx.maximum(mask.sum(axis=-1), 1.0)
-        return per_seq.mean()
-    if loss_type == "bnpo":
-        return masked.sum() / mx.maximum(mask.sum(), 1.0)
-    if loss_type == "dapo":
+        return per_seq.mean() if sequence_normalizer is None else per_seq.sum() / rows
+    if loss_type in ("bnpo", "dapo"):
         norm = mask.sum() if token_normalizer is None else token_normalizer
         return masked.sum() / mx.maximum(norm, 1.0)
     if loss_type == "dr_grpo":
         if max_completion_length is None:
             raise ValueError("dr_grpo needs max_completion_length")
-        return masked.sum() / (per_token.shape[0] * max_completion_length)
+        return masked.sum() / (rows * max_completion_length)
     raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
 
 
@@ -149,6 +153,7 @@ def policy_loss(
     loss_type: LossType = "dapo",
     max_completion_length: int | None = None,
     token_normalizer: mx.array | float | None = None,
+    sequence_normalizer: mx.array | float | None = None,
     entropy: mx.array | None = None,
     importance_sampling_level: ImportanceLevel = "token",
     delta: float | None = None,
@@ -184,7 +189,9 @@ def policy_loss(
         kl = k3_kl(logps, mx.stop_gradient(ref_logps))
         if beta != 0.0:
             per_token = per_token + beta * kl
-    loss = aggregate(per_token, mask, loss_type, max_completion_length, token_normalizer)
+    loss = aggregate(
+        per_token, mask, loss_type, max_completion_length, token_normalizer, sequence_normalizer
+    )
 
     r = mx.stop_gradient(ratio)
     low = ((r < 1.0 - epsilon) & (advantages < 0)).astype(mx.float32)

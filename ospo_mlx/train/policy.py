@@ -10,21 +10,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from ospo_mlx.config import LoraConfig, OptimConfig
 from ospo_mlx.errors import ConfigError
-from ospo_mlx.train.batching import Batch, micro_batches
-from ospo_mlx.train.distributed import SINGLE, World, average_gradients, global_count
+from ospo_mlx.train.batching import Batch, length_sorted_micro_batches
+from ospo_mlx.train.distributed import SINGLE, World, global_count
 from ospo_mlx.train.loss import policy_loss, token_log_probs
+from ospo_mlx.train.step import CompiledStep
 
 
 def lora_parameters(lora: LoraConfig) -> dict[str, Any]:
@@ -191,13 +192,27 @@ class UpdateResult:
     tokens: int  # completion tokens processed
 
 
+def micro_batch_rows(rows: int, seq_len: int, micro_batch_size: int, token_budget: int) -> int:
+    """Rows per forward/backward: a divisor of `rows` (equal shapes: one compiled trace).
+
+    `micro_batch_size` > 0 asks for at most that many rows; 0 chooses from the sequence length:
+    as many rows as fit `token_budget` padded tokens (activation memory grows with rows x
+    length, while below a few hundred tokens per matmul the CPU loses throughput).
+    """
+    cap = micro_batch_size if micro_batch_size > 0 else max(1, token_budget // max(seq_len, 1))
+    cap = max(1, min(cap, rows))
+    return max(d for d in range(1, cap + 1) if rows % d == 0)
+
+
 class PolicyUpdate:
     """One optimizer update of the LoRA parameters: loss, gradient and AdamW step, compiled.
 
-    The model, optimizer and random state are the compiled function's inputs and outputs (the
-    mlx-lm tuner pattern), so the adapters update in place without leaving the graph. Gradients
-    of `gradient_accumulation_steps` micro-batches are summed, averaged (also over data-parallel
-    ranks, see train/distributed.py), norm-clipped, applied.
+    The batch is split into `gradient_accumulation_steps` parts (TRL's semantics: bnpo and grpo
+    normalize within a part, gradients are averaged over parts and over data-parallel ranks,
+    see train/distributed.py), and every part into micro-batches of `micro_batch_rows` rows
+    for memory. Micro-batching changes only the summation order: each micro-batch's loss is
+    normalized by its part's token and row counts, and the gradients are summed inside the
+    compiled step (train/step.py), so the update equals the part's in one piece.
     """
 
     def __init__(
@@ -215,7 +230,7 @@ class PolicyUpdate:
         self.accum = cfg.gradient_accumulation_steps
         entropy_needed = cfg.log_entropy or cfg.top_entropy_quantile < 1.0
 
-        def loss_fn(model, tokens, prompt_lens, mask, adv, old, ref, norm):
+        def loss_fn(model, tokens, prompt_lens, mask, adv, old, ref, token_norm, seq_norm):
             logps, entropy = completion_log_probs(
                 model, tokens, prompt_lens, mask.shape[1], temperature, with_entropy=entropy_needed
             )
@@ -225,7 +240,7 @@ class PolicyUpdate:
                 logps, old, adv, mask,
                 epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, ref_logps=ref,
                 loss_type=cfg.loss_type, max_completion_length=max_completion_length,
-                token_normalizer=norm, entropy=entropy,
+                token_normalizer=token_norm, sequence_normalizer=seq_norm, entropy=entropy,
                 importance_sampling_level=cfg.importance_sampling_level, delta=cfg.delta,
                 top_entropy_quantile=cfg.top_entropy_quantile,
             )  # fmt: skip
@@ -233,58 +248,75 @@ class PolicyUpdate:
                 metrics["entropy"] = mx.array(0.0)
             return loss, (metrics, mx.stop_gradient(logps))
 
-        value_and_grad = nn.value_and_grad(model, loss_fn)
-
-        def step(tokens, prompt_lens, mask, adv, old, ref, norm, prev_grad, do_update):
-            (loss, (metrics, logps)), grad = value_and_grad(
-                model, tokens, prompt_lens, mask, adv, old, ref, norm
-            )
-            if prev_grad is not None:
-                grad = tree_map(lambda a, b: a + b, grad, prev_grad)
-            grad_norm = mx.array(0.0)
-            if do_update:
-                # Data parallel: average over ranks before clipping, inside the compiled step,
-                # so every rank clips and applies the same global gradient.
-                grad = average_gradients(grad, world)
-                if self.accum > 1:
-                    grad = tree_map(lambda g: g / self.accum, grad)
-                if cfg.max_grad_norm is not None:
-                    grad, grad_norm = optim.clip_grad_norm(grad, cfg.max_grad_norm)
-                else:
-                    grad_norm = mx.sqrt(sum(mx.sum(g * g) for _, g in tree_flatten(grad)))
-                optimizer.update(model, grad)
-                grad = None
-            return loss, metrics, logps, grad, grad_norm
-
-        self.state = [model.state, optimizer.state, mx.random.state]
-        self.compiled = compile
-        self._step = (
-            partial(mx.compile, inputs=self.state, outputs=self.state)(step) if compile else step
+        self.step = CompiledStep(
+            model, optimizer, loss_fn, max_grad_norm=cfg.max_grad_norm, compile=compile, world=world
         )
+        self.state = self.step.state
+        self.compiled = compile
+        self.last_micro_rows = 0  # rows per forward/backward of the latest update (bench/logs)
+
+    def micro_rows(self, batch: Batch) -> int:
+        """Rows per forward/backward for this batch (see `micro_batch_rows`)."""
+        return micro_batch_rows(
+            batch.size // self.accum, batch.tokens.shape[1],
+            self.cfg.micro_batch_size, self.cfg.micro_batch_tokens,
+        )  # fmt: skip
 
     def __call__(self, batch: Batch, use_old_logps: bool = True) -> UpdateResult:
         """Apply one update on `batch`; `use_old_logps=False` takes pi_old = the current policy."""
         self.model.train()
+        if batch.size % self.accum:
+            raise ValueError(f"{self.accum} micro-batches do not divide a batch of {batch.size}")
         # dapo: every micro-batch divides by the token count of the whole batch (times the
-        # accumulation steps, since the summed gradients are averaged over micro-batches).
+        # accumulation steps, since the summed gradients are averaged over parts).
         # Data parallel: the token count is summed over ranks (and divided by the world size,
         # since gradients are averaged), so the update is the combined batch's.
-        norm = global_count(batch.mask.sum(), self.world) / (self.world.size * self.accum)
-        grad, sums, logps = None, {}, []
-        parts = micro_batches(batch, self.accum)
-        for i, mb in enumerate(parts):
-            old = mb.old_logps if use_old_logps else None
-            loss, metrics, lp, grad, grad_norm = self._step(
-                mb.tokens, mb.prompt_lens, mb.mask, mb.advantages, old, mb.ref_logps, norm,
-                grad, i == len(parts) - 1,
+        row_tokens = np.asarray(batch.mask.sum(axis=1), dtype=np.float64)  # one host read
+        prompt_lens = np.asarray(batch.prompt_lens)
+        dapo_norm = global_count(float(row_tokens.sum()), self.world) / (
+            self.world.size * self.accum
+        )
+        part_rows, rows = batch.size // self.accum, self.micro_rows(batch)
+        self.last_micro_rows = rows
+        acc, logps, order = self.step.zeros(), [], []
+        loss_sum: mx.array = mx.array(0.0)
+        metric_sums: dict[str, mx.array] = {}
+        for part in range(self.accum):
+            first = part * part_rows
+            part_tokens = max(float(row_tokens[first : first + part_rows].sum()), 1.0)
+            token_norm = dapo_norm if self.cfg.loss_type == "dapo" else mx.array(part_tokens)
+            seq_norm = mx.array(float(part_rows))
+            groups = length_sorted_micro_batches(
+                prompt_lens[first : first + part_rows],
+                row_tokens[first : first + part_rows].astype(np.int64),
+                rows, batch.tokens.shape[1], batch.num_positions,
             )  # fmt: skip
-            mx.eval(self.state, loss, metrics, lp, grad, grad_norm)
-            logps.append(lp)
-            sums["loss"] = sums.get("loss", 0.0) + loss.item() / len(parts)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value.item() / len(parts)
+            for idx, seq_len, width in groups:
+                idx = idx + first
+                mb = batch.take(idx, seq_len, width)
+                old = mb.old_logps if use_old_logps else None
+                loss, (metrics, lp), acc = self.step.accumulate(
+                    acc, mb.tokens, mb.prompt_lens, mb.mask, mb.advantages, old, mb.ref_logps,
+                    token_norm, seq_norm,
+                )  # fmt: skip
+                # Evaluate per micro-batch: only one micro-batch's activations are ever alive.
+                mx.eval(self.state, loss, metrics, lp, acc)
+                logps.append(mx.pad(lp, [(0, 0), (0, batch.num_positions - width)]))
+                order.append(idx)
+                # Masked-mean metrics weighted by token share: the part's masked mean exactly.
+                share = float(row_tokens[idx].sum()) / part_tokens / self.accum
+                loss_sum = loss_sum + loss
+                for key, value in metrics.items():
+                    metric_sums[key] = metric_sums.get(key, mx.array(0.0)) + value * share
+        grad_norm = self.step.apply(acc, self.accum)
+        mx.eval(loss_sum, metric_sums)
+        sums = {"loss": loss_sum.item() / self.accum}
+        sums.update({key: value.item() for key, value in metric_sums.items()})
         sums["grad_norm"] = grad_norm.item()
-        return UpdateResult(sums, mx.concatenate(logps, axis=0), int(batch.mask.sum().item()))
+        # Back to the batch's row order (pi_old of later iterations is indexed by row).
+        inverse = np.argsort(np.concatenate(order))
+        logps_all = mx.take(mx.concatenate(logps, axis=0), mx.array(inverse), axis=0)
+        return UpdateResult(sums, logps_all, int(row_tokens.sum()))
 
 
 def sequence_log_probs(

@@ -21,7 +21,8 @@ Conventions:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -199,6 +200,26 @@ def _copy_cache(cache: list) -> list:
     return out
 
 
+@contextmanager
+def _kv_growth_step(max_new_tokens: int) -> Iterator[None]:
+    """Grow the batch KV cache by about `max_new_tokens` positions instead of 256 at a time.
+
+    mlx-lm's batch cache starts at the prompts' exact length and, on the first decode step,
+    concatenates a 256-position block in every layer of one lazy graph: old, new and joined
+    buffers of all layers are alive at once (measured: 1.54 GB peak for 32 rows of SmolLM2,
+    1.0 GB of it the cache growth). A block the size of the completion holds the same tokens
+    with ~0.45 GB less peak. Sampling is single-threaded, so the class attribute is restored.
+    """
+    from mlx_lm.models.cache import BatchKVCache
+
+    default = BatchKVCache.step
+    BatchKVCache.step = min(default, max(16, -(-max_new_tokens // 16) * 16))
+    try:
+        yield
+    finally:
+        BatchKVCache.step = default
+
+
 def sample_groups(
     model: nn.Module,
     tokenizer,
@@ -266,7 +287,7 @@ def sample_groups(
     logprobs: list[list[float]] | None = [[] for _ in uids] if return_logprobs else None
     finished = [False] * len(uids)
     try:
-        with gen.stats() as batch_stats:
+        with gen.stats() as batch_stats, _kv_growth_step(config.max_new_tokens):
             while responses := gen.next_generated():
                 for r in responses:
                     i = order[r.uid]
@@ -280,6 +301,8 @@ def sample_groups(
                         logprobs[order[r.uid]].append(v)
     finally:
         gen.close()
+        # Hand the KV caches' buffers back now: the update that follows needs the memory.
+        mx.clear_cache()
     stats.prompt_tokens += batch_stats.prompt_tokens
     stats.prefill_s += batch_stats.prompt_time
     stats.generation_tokens = sum(len(t) for t in tokens)

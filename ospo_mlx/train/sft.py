@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from ospo_mlx.safety import load_tensors
 from ospo_mlx.train.batching import Batch, pack_batch
 from ospo_mlx.train.checkpoint import ADAPTER_CONFIG, ADAPTER_FILE, save_adapters
 from ospo_mlx.train.policy import completion_log_probs
+from ospo_mlx.train.step import CompiledStep
 
 METRICS_FILE = "sft_metrics.jsonl"
 
@@ -172,6 +172,18 @@ def example_order(count: int, steps: int, batch_size: int, seed: int) -> list[li
     return [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
 
 
+def sft_step(
+    model: nn.Module, optimizer: optim.Optimizer, cfg: SFTConfig, compile: bool = True
+) -> CompiledStep:
+    """The warm-up's compiled step: the RL update's builder (train/step.py) on `sft_loss`.
+
+    The random state is compiled in, so LoRA dropout draws a new mask on every call.
+    """
+    return CompiledStep(
+        model, optimizer, sft_loss, max_grad_norm=cfg.max_grad_norm, compile=compile
+    )
+
+
 def train_sft(
     model: nn.Module,
     examples: Sequence[SFTExample],
@@ -189,30 +201,18 @@ def train_sft(
         raise OspoError("the model has no trainable parameters; add LoRA layers before the warm-up")
     schedule = optim.cosine_decay(cfg.learning_rate, cfg.steps, cfg.learning_rate * 0.1)
     optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.0, bias_correction=True)
-    value_and_grad = nn.value_and_grad(model, sft_loss)
-    state = [model.state, optimizer.state]
-
-    def step(
-        tokens: mx.array, prompt_lens: mx.array, mask: mx.array
-    ) -> tuple[mx.array, mx.array, mx.array]:
-        (loss, ntokens), grad = value_and_grad(model, tokens, prompt_lens, mask)
-        if cfg.max_grad_norm is not None:
-            grad, norm = optim.clip_grad_norm(grad, cfg.max_grad_norm)
-        else:
-            norm = mx.sqrt(sum(mx.sum(g * g) for _, g in tree_flatten(grad)))
-        optimizer.update(model, grad)
-        return loss, ntokens, norm
-
-    if compile:  # the mlx-lm pattern, as the RL update
-        step = partial(mx.compile, inputs=state, outputs=state)(step)
+    step = sft_step(model, optimizer, cfg, compile=compile)
 
     model.train()
     rows = []
     for i, idx in enumerate(example_order(len(examples), cfg.steps, cfg.batch_size, cfg.seed), 1):
         start = time.perf_counter()
         batch = pack_examples([examples[j] for j in idx], pad_id)
-        loss, ntokens, norm = step(batch.tokens, batch.prompt_lens, batch.mask)
-        mx.eval(state, loss, ntokens, norm)
+        loss, ntokens, acc = step.accumulate(
+            step.zeros(), batch.tokens, batch.prompt_lens, batch.mask
+        )
+        mx.eval(step.state, loss, ntokens, acc)
+        norm = step.apply(acc)
         elapsed = time.perf_counter() - start
         row = {
             "step": i,

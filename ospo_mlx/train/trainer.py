@@ -237,13 +237,13 @@ class Trainer:
 
     def reference_log_probs(self, batch: Batch) -> mx.array:
         """(B, T) log-probs under the KL reference, the policy at the start of RL."""
-        t = self.config.sampling.temperature
+        t, rows = self.config.sampling.temperature, self.update.micro_rows(batch)
         if self.reference_adapters is None:  # fresh LoRA starts at B = 0: adapters off
-            return sequence_log_probs(self.model, batch, t, reference=True)
+            return sequence_log_probs(self.model, batch, t, reference=True, chunk=rows)
         from ospo_mlx.train.policy import adapters_loaded
 
         with adapters_loaded(self.model, self.reference_adapters):
-            return sequence_log_probs(self.model, batch, t)
+            return sequence_log_probs(self.model, batch, t, chunk=rows)
 
     def _drop_long_prompts(self, context: int | None) -> int:
         """Skip tasks whose prompt leaves no room for the completion; returns how many."""
@@ -427,7 +427,9 @@ class Trainer:
         if c.optim.mask_truncated_completions:  # cut at max_new_tokens: no part in the loss
             batch.mask = truncation_mask(batch.mask, mx.array(sample.finished))
         if off_policy:  # updated after earlier steps moved the policy: pi_old = the sampler
-            batch.old_logps = sequence_log_probs(self.model, batch, c.sampling.temperature)
+            batch.old_logps = sequence_log_probs(
+                self.model, batch, c.sampling.temperature, chunk=self.update.micro_rows(batch)
+            )
         return batch
 
     def generate(self, step: int) -> list[StepPart]:
