@@ -172,8 +172,10 @@ class RichProgress:
         )
         self._tasks: dict[str, int] = {}
         self._start: dict[str, float] = {}
+        self._last = time.perf_counter()
 
     def __enter__(self) -> RichProgress:
+        self._last = time.perf_counter()
         self._progress.__enter__()
         return self
 
@@ -183,7 +185,8 @@ class RichProgress:
     def __call__(self, what: str, done: int, total: int | None) -> None:
         if what not in self._tasks:
             self._tasks[what] = self._progress.add_task(what, total=total, rate="")
-            self._start[what] = time.perf_counter()
+            self._start[what] = self._last  # a file starts where the previous one ended
+        self._last = time.perf_counter()
         rate = done / max(time.perf_counter() - self._start[what], 1e-9)
         self._progress.update(
             self._tasks[what], completed=done, total=max(total or done, done), rate=f"{rate:,.0f}/s"
