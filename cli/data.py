@@ -91,9 +91,15 @@ def esci(
     test_fraction: float = TEST_FRACTION,
     seed: int = SEED,
     limit: int | None = LIMIT,
+    quiet: bool = QUIET,
 ) -> None:
-    """Amazon ESCI (query expansion): queries, their labelled products and a catalog."""
-    from ospo_mlx.data.esci import EsciConfig, convert_esci
+    """Amazon ESCI (query expansion): queries, their labelled products and a catalog.
+
+    The official parquet pair is streamed in Arrow batches (same output as the in-memory
+    reader); the JSON and CSV sample forms are read whole.
+    """
+    from ospo_mlx.data.esci import EXAMPLES_FILE, PRODUCTS_FILE, EsciConfig, convert_esci
+    from ospo_mlx.data.esci_stream import stream_esci
     from ospo_mlx.errors import ConfigError
 
     try:
@@ -114,7 +120,12 @@ def esci(
         seed=seed,
         limit=limit,
     )
-    catalog, tasks, report = convert_esci(source, cfg)
+    parquet = (source / EXAMPLES_FILE).is_file() or source.name in (EXAMPLES_FILE, PRODUCTS_FILE)
+    if parquet:
+        with _progress(quiet) as progress:
+            catalog, tasks, report = stream_esci(source, cfg, progress=progress)
+    else:
+        catalog, tasks, report = convert_esci(source, cfg)
     _finish(out, catalog, tasks, report)
 
 

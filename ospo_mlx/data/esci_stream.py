@@ -141,7 +141,7 @@ def read_products(
         if cfg.locale != "all":
             in_locale = ~_np(pc.fill_null(pc.not_equal(locale, cfg.locale), False))
         pid = pc.utf8_trim_whitespace(batch.column("product_id").cast(pa.string()))
-        missing = in_locale & _np(pc.or_(pc.is_null(pid), pc.equal(pc.utf8_length(pid), 0)))
+        missing = in_locale & _np(pc.or_kleene(pc.is_null(pid), pc.equal(pc.utf8_length(pid), 0)))
         if missing.any():
             row = offset + int(np.flatnonzero(missing)[0]) + 1
             raise DataError(f"{path}: row {row}, column 'product_id': value is missing")

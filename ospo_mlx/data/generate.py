@@ -26,11 +26,38 @@ from ospo_mlx.errors import ConfigError
 HM_ARTICLES, HM_CUSTOMERS, HM_TRANSACTIONS = 105_542, 1_371_980, 31_788_324
 ESCI_ROWS, ESCI_QUERIES, ESCI_PRODUCTS = 2_621_288, 130_652, 1_814_924
 
-_COLOURS = (
-    "Black White Off_White Light_Beige Beige Grey Light_Grey Dark_Grey Dark_Blue Blue Light_Blue "
-    "Navy Red Dark_Red Pink Light_Pink Yellow Orange Green Dark_Green Khaki_green Brown Gold "
-    "Silver Turquoise Purple Lilac Greenish_Khaki Mole Transparent"
-).split()
+_COLOURS = [
+    "Black",
+    "White",
+    "Off_White",
+    "Light_Beige",
+    "Beige",
+    "Grey",
+    "Light_Grey",
+    "Dark_Grey",
+    "Dark_Blue",
+    "Blue",
+    "Light_Blue",
+    "Navy",
+    "Red",
+    "Dark_Red",
+    "Pink",
+    "Light_Pink",
+    "Yellow",
+    "Orange",
+    "Green",
+    "Dark_Green",
+    "Khaki_green",
+    "Brown",
+    "Gold",
+    "Silver",
+    "Turquoise",
+    "Purple",
+    "Lilac",
+    "Greenish_Khaki",
+    "Mole",
+    "Transparent",
+]
 _COLOURS = tuple(c.replace("_", " ") for c in _COLOURS)
 _TYPES = {  # product_type_name -> product_group_name
     "Vest top": "Garment Upper body", "T-shirt": "Garment Upper body",
@@ -47,20 +74,126 @@ _TYPES = {  # product_type_name -> product_group_name
     "Earring": "Accessories", "Necklace": "Accessories", "Scarf": "Accessories",
     "Belt": "Accessories", "Sunglasses": "Accessories",
 }  # fmt: skip
-_ADJ = (
-    "soft slim relaxed wide cropped long short oversized fitted stretch cotton linen denim wool "
-    "knitted ribbed printed striped pleated padded lightweight classic basic lace velvet satin "
-    "organic recycled waterproof warm cosy sporty elegant vintage chunky airy smooth"
-).split()
-_NOUNS = (
-    "top shirt dress trousers jacket shoes bag lamp charger cable case bottle mug pillow blanket "
-    "knife pan toy puzzle book pen notebook headphones speaker mouse keyboard monitor stand "
-    "shelf chair table rug curtain towel soap shampoo brush vitamin snack coffee tea"
-).split()
-_WORDS = _ADJ + _NOUNS + (
-    "with and for in of the a to made from size pack set men women kids home office travel "
-    "outdoor kitchen garden fit comfort quality durable easy clean gift design color style"
-).split()
+_ADJ = [
+    "soft",
+    "slim",
+    "relaxed",
+    "wide",
+    "cropped",
+    "long",
+    "short",
+    "oversized",
+    "fitted",
+    "stretch",
+    "cotton",
+    "linen",
+    "denim",
+    "wool",
+    "knitted",
+    "ribbed",
+    "printed",
+    "striped",
+    "pleated",
+    "padded",
+    "lightweight",
+    "classic",
+    "basic",
+    "lace",
+    "velvet",
+    "satin",
+    "organic",
+    "recycled",
+    "waterproof",
+    "warm",
+    "cosy",
+    "sporty",
+    "elegant",
+    "vintage",
+    "chunky",
+    "airy",
+    "smooth",
+]
+_NOUNS = [
+    "top",
+    "shirt",
+    "dress",
+    "trousers",
+    "jacket",
+    "shoes",
+    "bag",
+    "lamp",
+    "charger",
+    "cable",
+    "case",
+    "bottle",
+    "mug",
+    "pillow",
+    "blanket",
+    "knife",
+    "pan",
+    "toy",
+    "puzzle",
+    "book",
+    "pen",
+    "notebook",
+    "headphones",
+    "speaker",
+    "mouse",
+    "keyboard",
+    "monitor",
+    "stand",
+    "shelf",
+    "chair",
+    "table",
+    "rug",
+    "curtain",
+    "towel",
+    "soap",
+    "shampoo",
+    "brush",
+    "vitamin",
+    "snack",
+    "coffee",
+    "tea",
+]
+_WORDS = (
+    _ADJ
+    + _NOUNS
+    + [
+        "with",
+        "and",
+        "for",
+        "in",
+        "of",
+        "the",
+        "a",
+        "to",
+        "made",
+        "from",
+        "size",
+        "pack",
+        "set",
+        "men",
+        "women",
+        "kids",
+        "home",
+        "office",
+        "travel",
+        "outdoor",
+        "kitchen",
+        "garden",
+        "fit",
+        "comfort",
+        "quality",
+        "durable",
+        "easy",
+        "clean",
+        "gift",
+        "design",
+        "color",
+        "style",
+    ]
+)
 _BRANDS = [f"{a.capitalize()}{b}" for a in _ADJ[:24] for b in ("co", "line", "wear", "tech")]
 
 
@@ -107,7 +240,9 @@ class HmFilesConfig:
 def _hm_articles(cfg: HmFilesConfig, rng: np.random.Generator) -> pa.Table:
     n = cfg.articles
     n_codes = max(1, n * 47 // 105)  # ~2.2 colour variants per product code, as in the real file
-    codes = np.sort(rng.choice(np.arange(108775, 959462), size=min(n_codes, 850_687), replace=False))
+    codes = np.sort(
+        rng.choice(np.arange(108775, 959462), size=min(n_codes, 850_687), replace=False)
+    )
     product = np.sort(rng.integers(0, len(codes), n))
     first = np.searchsorted(product, product)  # variant number within the product code
     variant = np.arange(n) - first
@@ -116,7 +251,9 @@ def _hm_articles(cfg: HmFilesConfig, rng: np.random.Generator) -> pa.Table:
     ptype = rng.integers(0, len(types), len(codes))[product]
     colour = rng.integers(0, len(_COLOURS), n)
     names = _texts(rng, len(codes), 1.2, _ADJ)
-    name = pa.array([f"{names[p].capitalize()} {types[t].lower()}" for p, t in zip(product, ptype)])
+    name = pa.array(
+        [f"{names[p].capitalize()} {types[t].lower()}" for p, t in zip(product, ptype, strict=True)]
+    )
     descs = np.array(_texts(rng, len(codes), 18, _WORDS), dtype=object)
     desc = [d.capitalize() + "." for d in descs[product]]
     desc_mask = rng.random(n) < 0.004  # the real file lacks detail_desc for 0.4% of articles
@@ -177,9 +314,7 @@ def write_hm(cfg: HmFilesConfig, out: str | Path, progress=None) -> dict[str, in
     customer_ids = _hex_ids(rng, cfg.customers)
     n = cfg.customers
     age = rng.normal(36, 14, n).clip(16, 99).astype(np.int64)
-    club = np.array(["ACTIVE", "PRE-CREATE", "LEFT CLUB"])[
-        rng.choice(3, n, p=[0.93, 0.068, 0.002])
-    ]
+    club = np.array(["ACTIVE", "PRE-CREATE", "LEFT CLUB"])[rng.choice(3, n, p=[0.93, 0.068, 0.002])]
     news = np.array(["NONE", "Regularly", "Monthly"])[rng.choice(3, n, p=[0.64, 0.355, 0.005])]
     customers = pa.table(
         {
@@ -303,7 +438,9 @@ def write_esci(cfg: EsciFilesConfig, out: str | Path, progress=None) -> dict[str
     locale_of_product = np.sort(rng.choice(3, cfg.products, p=_LOCALE_PRODUCTS))
     pids = _asins(rng, cfg.products)
     titles = _texts(rng, 20_000, 12, _WORDS)
-    descs = ["<p>" + t.replace(" and ", "</p><p>") + "</p>" for t in _texts(rng, 20_000, 130, _WORDS)]
+    descs = [
+        "<p>" + t.replace(" and ", "</p><p>") + "</p>" for t in _texts(rng, 20_000, 130, _WORDS)
+    ]
     bullets = ["\n".join(t.split(" and ")) for t in _texts(rng, 20_000, 110, _WORDS)]
     colours = pa.array(_COLOURS)
     brands = pa.array(_BRANDS)
@@ -376,7 +513,9 @@ def write_esci(cfg: EsciFilesConfig, out: str | Path, progress=None) -> dict[str
             "split": pa.array(np.where(test[qid], "test", "train")),
         }
     )
-    pq.write_table(examples, out / "shopping_queries_dataset_examples.parquet", row_group_size=200_000)
+    pq.write_table(
+        examples, out / "shopping_queries_dataset_examples.parquet", row_group_size=200_000
+    )
     if progress is not None:
         progress(done + cfg.rows)
     return {

@@ -55,7 +55,7 @@ class _Codes:
 def _text(batch: pa.RecordBatch, name: str, path: Path, offset: int) -> pa.Array:
     """A required text column, stripped; a missing value is a DataError naming the row."""
     col = pc.utf8_trim_whitespace(batch.column(name).cast(pa.string()))
-    bad = pc.or_(pc.is_null(col), pc.equal(pc.utf8_length(col), 0))
+    bad = pc.or_kleene(pc.is_null(col), pc.equal(pc.utf8_length(col), 0))
     if pc.any(bad).as_py():
         row = offset + int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0]) + 1
         raise DataError(f"{path}: row {row}, column '{name}': value is missing")
@@ -218,9 +218,7 @@ def stream_hm(
         for customer, code in zip(kept, kept_codes, strict=True):
             end = int(starts[code] + counts[code])
             lo = max(int(starts[code]), end - cfg.max_history - 1)  # the history and the target
-            yield customer, [
-                HistoryItem(pids[a[i]], date_values[d[i]]) for i in range(lo, end)
-            ]
+            yield customer, [HistoryItem(pids[a[i]], date_values[d[i]]) for i in range(lo, end)]
 
     return products, build_tasks(kept, histories(), products, groups, cfg, report), report
 
