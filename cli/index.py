@@ -50,7 +50,11 @@ def build(
     count, products = iter_catalog(catalog)
     enc = load_encoder(encoder)
     start = time.perf_counter()
-    with contextlib.nullcontext(None) if quiet or as_json else RichProgress() as progress:
+    with (
+        contextlib.nullcontext(None)
+        if quiet or as_json
+        else RichProgress(unit="products") as progress
+    ):
         built = CatalogIndex.build_streaming(products, count, enc, out, config, progress)
     seconds = time.perf_counter() - start
     summary = {

@@ -147,9 +147,9 @@ def iter_parquet(
 
 
 class RichProgress:
-    """A `ProgressFn` drawing one rich progress bar per file: rows, rows/s and the ETA."""
+    """A `ProgressFn` drawing one rich progress bar per file: rows (or `unit`), rate and ETA."""
 
-    def __init__(self, console=None):
+    def __init__(self, console=None, unit: str = "rows"):
         from rich.progress import (
             BarColumn,
             Progress,
@@ -163,7 +163,7 @@ class RichProgress:
             TextColumn("{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
-            TextColumn("{task.completed:,.0f} rows"),
+            TextColumn("{task.completed:,.0f} " + unit),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
