@@ -194,3 +194,27 @@ def test_stream_missing_files_and_columns(tmp_path):
         stream_hm(folder)
     with pytest.raises(DataError, match=r"no shopping_queries_dataset_examples\.parquet"):
         stream_esci(tmp_path)
+
+
+def _asdict_reference(record) -> dict:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(record).items() if v not in (None, [], {})}
+
+
+def test_fast_task_dict_equals_asdict(hm_files, esci_files):
+    """write_dataset's hand-built task dict is `asdict`'s, key order and empties included."""
+    import json
+
+    from ospo_mlx.data.schema import HistoryItem, Task, to_dict
+
+    tasks = list(stream_hm(hm_files, HmConfig(min_purchases=2))[1])[:200]
+    tasks += convert_esci(esci_files, EsciConfig(version="all"))[1][:200]
+    tasks += [
+        Task("a", "query_expansion", {"p": 1.0}, query="q"),  # no pool, no history
+        Task("b", "shopper_profile", {"p": 2}, history=[HistoryItem("x")], pool=[]),
+        Task("c", "query_expansion", {}, query="", split="test"),
+    ]
+    for task in tasks:
+        fast, ref = to_dict(task), _asdict_reference(task)
+        assert json.dumps(fast, ensure_ascii=False) == json.dumps(ref, ensure_ascii=False)
