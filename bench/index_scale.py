@@ -8,7 +8,7 @@ Three parts, each reported separately (and labelled: measured or extrapolated):
 2. encode: MiniLM products/s on those product texts (the build's bottleneck), wall and CPU.
 3. index: `--n` vectors (default 100k) added in batches per dtype in a child process (peak RSS
    of that process), then catalog-mode coalition search: `--coalitions` queries, k=10, one
-   batched call, as `DenseRetriever.rank` without pools does. The vectors are the real
+   batched call, as `DenseRetriever.rank` without pools does. The vectors are 300 real
    embeddings tiled with small noise (real texts at 100k would take the encoder hours here).
 
     python bench/index_scale.py [--json] [--quick] [--n 100000]
@@ -45,7 +45,10 @@ def real_texts(limit: int | None) -> tuple[list[str], list[str]]:
     if (SHARED / "hm-sample").is_dir():
         hm_cat, _, _ = convert_hm(SHARED / "hm-sample", HmConfig())
         es_cat, es_tasks, _ = convert_esci(SHARED / "esci-sample", EsciConfig(version="all"))
-        products = [product_text(p) for p in [*hm_cat.values(), *es_cat.values()]]
+        es_texts = [product_text(p) for p in es_cat.values()]
+        hm_texts = [product_text(p) for p in hm_cat.values()]
+        room = len(hm_texts) if limit is None else max(limit - len(es_texts), limit // 2)
+        products = hm_texts[:room] + es_texts  # both data sets, ESCI whole
         queries = [t.query for t in es_tasks] + [p.title for p in list(hm_cat.values())[::8]]
     else:
         cat = load_catalog(REPO_ROOT / "data" / "demo" / "catalog.jsonl")
@@ -93,7 +96,7 @@ def index_part(n: int, dtype: str, coalitions: int, seed: int = 0) -> dict:
 
     enc = load_encoder()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    products, queries = real_texts(2000)
+    products, queries = real_texts(300)
     base = enc.encode(products)
     qv = enc.encode((queries * (coalitions // max(len(queries), 1) + 1))[:coalitions])
     rng = np.random.default_rng(seed)
@@ -134,13 +137,14 @@ def main() -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--n", type=int, default=100_000, help="vectors per index (part 3)")
     parser.add_argument("--coalitions", type=int, default=128, help="queries per search call")
+    parser.add_argument("--products", type=int, default=3000, help="real products (part 1)")
     parser.add_argument("--child", default=None, help=argparse_hidden())
     args = parser.parse_args()
     if args.child:
         print(json.dumps(index_part(args.n, args.child, args.coalitions)))
         return
-    n = 5000 if args.quick else args.n
-    recall = recall_part(600 if args.quick else None)
+    n = 2000 if args.quick else args.n
+    recall = recall_part(300 if args.quick else args.products)
     scale = []
     for dtype in DTYPES:
         cmd = [sys.executable, __file__, "--child", dtype, "--n", str(n)]

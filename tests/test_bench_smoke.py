@@ -23,6 +23,7 @@ SCRIPTS = [
     ("sampling", [], False, ["ospo_tokens_per_s", "mlx_lm_tokens_per_s", "ratio"]),
     ("update", [], False, []),
     ("step_overhead", [], False, ["ospo_grpo_ratio"]),
+    ("index_scale", [], True, ["recall", "index", "extrapolated_1_8M"]),
     (
         "learning",
         ["--steps", "2", "--sft-steps", "2", "--test-tasks", "4", "--budgets", "1,2"],
