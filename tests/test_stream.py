@@ -20,7 +20,7 @@ from ospo_mlx.errors import DataError
 
 FILES = ("catalog.jsonl", "train.jsonl", "test.jsonl", "summary.json")
 # Tiny batches, so codes, repeats and histories cross batch boundaries.
-SMALL = StreamOptions(batch_rows=997, csv_block_bytes=1 << 15)
+SMALL = StreamOptions(batch_rows=997, text_batch_rows=501, csv_block_bytes=1 << 15)
 
 
 def _same_files(tmp_path, old, new) -> None:

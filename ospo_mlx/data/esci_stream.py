@@ -132,8 +132,9 @@ def read_products(
     wanted = pa.array(sorted(needed), type=pa.string())
     products: dict[str, Product] = {}
     offset = 0
+    text = StreamOptions(batch_rows=options.text_batch_rows)  # long descriptions: small batches
     for batch in iter_parquet(
-        path, ("product_id", "product_title"), ("product_locale", *PRODUCT_COLUMNS), options,
+        path, ("product_id", "product_title"), ("product_locale", *PRODUCT_COLUMNS), text,
         progress,
     ):  # fmt: skip
         locale = batch.column("product_locale").cast(pa.string())

@@ -27,7 +27,14 @@ class StreamOptions:
 
     batch_rows: int = field(
         default=1 << 20,
-        metadata={"help": "Rows per Arrow record batch (parquet); CSV blocks hold about as many."},
+        metadata={"help": "Rows per Arrow record batch of narrow parquet files (labels)."},
+    )
+    text_batch_rows: int = field(
+        default=1 << 15,
+        metadata={
+            "help": "Rows per batch of parquet files with long text (ESCI products: ~2 KB a "
+            "row, so a batch stays ~64 MB)."
+        },
     )
     csv_block_bytes: int = field(
         default=64 << 20, metadata={"help": "Bytes of CSV parsed per block."}
