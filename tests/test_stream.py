@@ -218,3 +218,44 @@ def test_fast_task_dict_equals_asdict(hm_files, esci_files):
     for task in tasks:
         fast, ref = to_dict(task), _asdict_reference(task)
         assert json.dumps(fast, ensure_ascii=False) == json.dumps(ref, ensure_ascii=False)
+
+
+def _ospo(args: list[str], capsys) -> tuple[int, str, str]:
+    """`ospo ARGS` through cli.main.main() in this process."""
+    import sys
+
+    from cli.main import main
+
+    old = sys.argv
+    sys.argv = ["ospo", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_generate_convert_and_index_end_to_end(tmp_path, capsys):
+    import json
+
+    code, out, _ = _ospo(["data", "generate", "hm", "--out", str(tmp_path / "hm"),
+                          "--scale", "0.0002"], capsys)  # fmt: skip
+    assert code == 0 and "transactions_train.csv (6,358 rows)" in out
+    code, out, _ = _ospo(["data", "hm", "--source", str(tmp_path / "hm"), "--out",
+                          str(tmp_path / "out"), "--min-purchases", "2", "--quiet"], capsys)  # fmt: skip
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["rows_read"]["transactions_train.csv"] == 6358
+    assert summary["kept"]["train tasks"] + summary["kept"]["test tasks"] > 100
+    code, out, _ = _ospo(["index", "build", "--catalog", str(tmp_path / "out" / "catalog.jsonl"),
+                          "--out", str(tmp_path / "idx"), "--dtype", "i8", "--json"], capsys)  # fmt: skip
+    assert code == 0
+    built = json.loads(out.strip().splitlines()[-1])
+    assert built["products"] == summary["kept"]["catalog products"] and built["dtype"] == "i8"
+    code, _, err = _ospo(["index", "build", "--catalog", str(tmp_path / "out" / "catalog.jsonl"),
+                          "--out", str(tmp_path / "idx2"), "--dtype", "q4"], capsys)  # fmt: skip
+    assert code == 2 and "index dtype must be one of" in err and "Traceback" not in err
