@@ -32,13 +32,29 @@ LIMIT = typer.Option(
 )
 
 
+QUIET = typer.Option(False, "--quiet", help="No progress bar (the report table still prints).")
+
+
+def _progress(quiet: bool):
+    """A rich progress bar per file read (rows, rows/s, ETA), or a no-op context."""
+    import contextlib
+
+    from ospo_mlx.data.stream import RichProgress
+
+    return contextlib.nullcontext(None) if quiet else RichProgress()
+
+
 def _finish(out: Path, catalog, tasks, report) -> None:
+    import time
+
     from rich.console import Console
 
     from ospo_mlx.data.report import write_dataset
 
-    paths = write_dataset(out, catalog, tasks, report)
+    start = time.perf_counter()
+    paths = write_dataset(out, catalog, tasks, report)  # tasks may be a generator: timed here
     console = Console()
+    console.print(f"[dim]wrote the files in {time.perf_counter() - start:.1f}s[/]")
     console.print(report.rich_table())
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]")
@@ -75,9 +91,15 @@ def esci(
     test_fraction: float = TEST_FRACTION,
     seed: int = SEED,
     limit: int | None = LIMIT,
+    quiet: bool = QUIET,
 ) -> None:
-    """Amazon ESCI (query expansion): queries, their labelled products and a catalog."""
-    from ospo_mlx.data.esci import EsciConfig, convert_esci
+    """Amazon ESCI (query expansion): queries, their labelled products and a catalog.
+
+    The official parquet pair is streamed in Arrow batches (same output as the in-memory
+    reader); the JSON and CSV sample forms are read whole.
+    """
+    from ospo_mlx.data.esci import EXAMPLES_FILE, PRODUCTS_FILE, EsciConfig, convert_esci
+    from ospo_mlx.data.esci_stream import stream_esci
     from ospo_mlx.errors import ConfigError
 
     try:
@@ -98,7 +120,12 @@ def esci(
         seed=seed,
         limit=limit,
     )
-    catalog, tasks, report = convert_esci(source, cfg)
+    parquet = (source / EXAMPLES_FILE).is_file() or source.name in (EXAMPLES_FILE, PRODUCTS_FILE)
+    if parquet:
+        with _progress(quiet) as progress:
+            catalog, tasks, report = stream_esci(source, cfg, progress=progress)
+    else:
+        catalog, tasks, report = convert_esci(source, cfg)
     _finish(out, catalog, tasks, report)
 
 
@@ -120,9 +147,15 @@ def hm(
     test_fraction: float = TEST_FRACTION,
     seed: int = SEED,
     limit: int | None = LIMIT,
+    quiet: bool = QUIET,
 ) -> None:
-    """H&M Fashion (shopper profile): purchase history -> the next purchase."""
-    from ospo_mlx.data.hm import HmConfig, convert_hm
+    """H&M Fashion (shopper profile): purchase history -> the next purchase.
+
+    Transactions are streamed in Arrow batches (31.8M rows in bounded memory); the output is
+    the same as the in-memory converter's, byte for byte.
+    """
+    from ospo_mlx.data.hm import HmConfig
+    from ospo_mlx.data.hm_stream import stream_hm
 
     cfg = HmConfig(
         min_purchases=min_purchases,
@@ -132,7 +165,8 @@ def hm(
         seed=seed,
         limit=limit,
     )
-    catalog, tasks, report = convert_hm(source, cfg)
+    with _progress(quiet) as progress:
+        catalog, tasks, report = stream_hm(source, cfg, progress=progress)
     _finish(out, catalog, tasks, report)
 
 
@@ -159,6 +193,63 @@ def synthetic(
     )
     catalog, tasks, report = generate(cfg)
     _finish(out, catalog, tasks, report)
+
+
+generate_app = typer.Typer(
+    help="Write synthetic files with the real ESCI/H&M schemas and sizes (to test scale).",
+    no_args_is_help=True,
+)
+SCALE = typer.Option(
+    1.0, "--scale", help="Fraction of the real row counts (1.0: full size; 0.01 for a quick try)."
+)
+GEN_OUT = typer.Option(..., "--out", help="Folder to write the files into (created).")
+
+
+def _scaled(n: int, scale: float) -> int:
+    from ospo_mlx.errors import ConfigError
+
+    if not 0 < scale <= 10:
+        raise ConfigError(f"--scale must be in (0, 10], got {scale}")
+    return max(1, round(n * scale))
+
+
+@generate_app.command("hm")
+def generate_hm(out: Path = GEN_OUT, scale: float = SCALE, seed: int = SEED) -> None:
+    """articles.csv, customers.csv, transactions_train.csv (real: 105,542 / 1,371,980 / 31,788,324 rows)."""
+    from ospo_mlx.data import generate as g
+
+    cfg = g.HmFilesConfig(
+        articles=_scaled(g.HM_ARTICLES, scale),
+        customers=_scaled(g.HM_CUSTOMERS, scale),
+        transactions=_scaled(g.HM_TRANSACTIONS, scale),
+        seed=seed,
+    )
+    from ospo_mlx.data.stream import RichProgress
+
+    with RichProgress() as progress:
+        rows = g.write_hm(cfg, out, lambda n: progress("transactions", n, cfg.transactions))
+    typer.echo(f"wrote {', '.join(f'{k} ({v:,} rows)' for k, v in rows.items())} to {out}")
+
+
+@generate_app.command("esci")
+def generate_esci(out: Path = GEN_OUT, scale: float = SCALE, seed: int = SEED) -> None:
+    """The two ESCI parquet files (real: 2,621,288 labelled rows, 130,652 queries, 1,814,924 products)."""
+    from ospo_mlx.data import generate as g
+
+    cfg = g.EsciFilesConfig(
+        rows=_scaled(g.ESCI_ROWS, scale),
+        queries=_scaled(g.ESCI_QUERIES, scale),
+        products=_scaled(g.ESCI_PRODUCTS, scale),
+        seed=seed,
+    )
+    from ospo_mlx.data.stream import RichProgress
+
+    with RichProgress() as progress:
+        rows = g.write_esci(cfg, out, lambda n: progress("rows", n, cfg.products + cfg.rows))
+    typer.echo(f"wrote {', '.join(f'{k} ({v:,} rows)' for k, v in rows.items())} to {out}")
+
+
+data_app.add_typer(generate_app, name="generate")
 
 
 def register(app: typer.Typer) -> None:

@@ -30,6 +30,7 @@ SCRIPTS = [
         True,
         ["estimator_spearman", "estimator_top1", "planted_top1", "query_bias", "by_source"],
     ),
+    ("index_scale", [], True, ["recall", "index", "extrapolated_1_8M"]),
     (
         "learning",
         ["--steps", "2", "--sft-steps", "2", "--test-tasks", "4", "--budgets", "1,2"],

@@ -102,3 +102,56 @@ def test_in_memory_cache(tmp_path, catalog, encoder):
     b = CatalogIndex.in_memory(catalog, encoder, cache_dir=tmp_path)
     assert encoder.texts_encoded == before
     np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "i8"])
+def test_smaller_dtypes_reopen_and_rank_like_f32(tmp_path, built, catalog, encoder, dtype):
+    from ospo_mlx.reward.index import IndexConfig
+
+    _, f32 = built
+    CatalogIndex.build(catalog, encoder, tmp_path, IndexConfig(dtype=dtype, batch_size=5))
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["dtype"] == dtype and meta["catalog_hash"] == f32.catalog_hash
+    again = CatalogIndex.open(tmp_path, encoder, catalog, view=True)
+    assert again.vectors.dtype == np.float32  # pool scores stay exact
+    np.testing.assert_allclose(np.asarray(again.vectors), f32.vectors, atol=1e-5)
+    q = encoder.encode(["bluetooth headphones", "running shoes", "desk lamp"])
+    rows, scores = again.search(q, 3, exact=True)
+    ref, ref_scores = f32.search(q, 3, exact=True)
+    assert (rows[:, 0] == ref[:, 0]).all()  # the best product survives quantization here
+    np.testing.assert_allclose(scores, ref_scores, atol=0.02 if dtype == "f16" else 0.1)
+    if dtype == "i8":  # a quarter of f32's vector bytes, plus the same graph
+        assert (tmp_path / "index.usearch").stat().st_size < (
+            built[0] / "index.usearch"
+        ).stat().st_size
+
+
+def test_streaming_build_from_the_catalog_file(tmp_path, built, catalog, encoder):
+    from ospo_mlx.data.schema import write_jsonl
+    from ospo_mlx.reward.index import IndexConfig, iter_catalog
+
+    write_jsonl(tmp_path / "catalog.jsonl", catalog.values())
+    count, products = iter_catalog(tmp_path / "catalog.jsonl")
+    seen = []
+    idx = CatalogIndex.build_streaming(
+        products, count, encoder, tmp_path / "idx", IndexConfig(batch_size=5),
+        progress=lambda what, done, total: seen.append((done, total)),
+    )  # fmt: skip
+    assert seen == [(5, 12), (10, 12), (12, 12)]  # one call per batch of 5
+    _, ref = built
+    assert idx.product_ids == ref.product_ids and idx.catalog_hash == ref.catalog_hash
+    np.testing.assert_allclose(np.asarray(idx.vectors), ref.vectors, atol=1e-5)
+    CatalogIndex.open(tmp_path / "idx", encoder, catalog)  # the hash matches the catalog
+
+
+def test_build_refuses_bad_options_and_duplicates(tmp_path, catalog, encoder):
+    from ospo_mlx.errors import ConfigError
+    from ospo_mlx.reward.index import IndexConfig
+
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        CatalogIndex.build(catalog, encoder, tmp_path, IndexConfig(dtype="b1"))
+    twice = [*catalog.values(), next(iter(catalog.values()))]
+    with pytest.raises(OspoError, match="duplicate product_id 'p0'"):
+        CatalogIndex.build_streaming(iter(twice), len(twice), encoder, tmp_path)
+    with pytest.raises(OspoError, match="has 12 products, expected 20"):
+        CatalogIndex.build_streaming(iter(catalog.values()), 20, encoder, tmp_path / "x")

@@ -11,6 +11,7 @@ Transactions are ordered by `t_dat`, ties in file order (a day holds no finer ti
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -173,6 +174,25 @@ def convert_hm(
         raise DataError(
             f"{folder}: no customer has {cfg.min_purchases} or more purchases; lower --min-purchases"
         )
+    tasks = list(
+        build_tasks(kept, ((c, histories[c]) for c in kept), products, groups, cfg, report)
+    )
+    return products, tasks, report
+
+
+def build_tasks(
+    kept: list[str],
+    histories: Iterable[tuple[str, list[HistoryItem]]],
+    products: dict[str, Product],
+    groups: dict[str, str],
+    cfg: HmConfig,
+    report: ConversionReport,
+) -> Iterator[Task]:
+    """One task per kept customer, in `kept` order, from its (customer, history) pairs.
+
+    A generator, so the streaming converter never holds every task; the split and the seeded
+    pools depend only on `kept` and the order, so both converters give the same tasks.
+    """
     test_ids = split_keys(kept, cfg.test_fraction, cfg.seed)
     report.note(f"split: seeded by customer (test_fraction={cfg.test_fraction}, seed={cfg.seed})")
     by_group: dict[str, list[str]] = {}
@@ -180,9 +200,7 @@ def convert_hm(
         by_group.setdefault(group, []).append(pid)
     catalog_ids = list(products)
     rng = np.random.default_rng(cfg.seed)
-    tasks = []
-    for customer in kept:
-        history = histories[customer]
+    for customer, history in histories:
         target = history[-1].product_id
         pool = build_pool(
             [target],
@@ -192,14 +210,11 @@ def convert_hm(
             related_ids=by_group.get(groups[target], []),
             related_fraction=cfg.related_fraction,
         )
-        tasks.append(
-            Task(
-                id=f"hm-{customer}",
-                kind="shopper_profile",
-                targets={target: 1.0},
-                history=history[:-1][-cfg.max_history :],
-                pool=pool,
-                split="test" if customer in test_ids else "train",
-            )
+        yield Task(
+            id=f"hm-{customer}",
+            kind="shopper_profile",
+            targets={target: 1.0},
+            history=history[:-1][-cfg.max_history :],
+            pool=pool,
+            split="test" if customer in test_ids else "train",
         )
-    return products, tasks, report

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ospo_mlx.data.schema import Product, Task, write_jsonl
+from ospo_mlx.data.schema import Product, Task, to_dict, write_jsonl
 
 
 @dataclass
@@ -84,20 +84,41 @@ def write_dataset(
 ) -> dict[str, Path]:
     """Write catalog.jsonl, train.jsonl, test.jsonl and summary.json into `out_dir`.
 
-    Tasks go to the file named by their split ('train' or 'test'); the kept counts are
-    filled into the report before summary.json is written.
+    Tasks go to the file named by their split ('train' or 'test'), written as they are
+    iterated (a generator is never held whole); the kept counts are filled into the report
+    before summary.json is written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    products = list(catalog.values()) if isinstance(catalog, Mapping) else list(catalog)
-    by_split: dict[str, list[Task]] = {"train": [], "test": []}
-    for task in tasks:
-        by_split.setdefault(task.split, []).append(task)
+    products = catalog.values() if isinstance(catalog, Mapping) else catalog
     paths = {"catalog": out / "catalog.jsonl", "summary": out / "summary.json"}
     report.kept["catalog products"] = write_jsonl(paths["catalog"], products)
-    for split, split_tasks in by_split.items():
+    # Tasks stream to their split's file as they come (a converter may yield millions), each
+    # through a temp file renamed at the end, so a killed run leaves no torn file.
+    counts: dict[str, int] = {"train": 0, "test": 0}
+    files: dict[str, object] = {}
+    try:
+        for split in counts:
+            files[split] = out.joinpath(f"{split}.jsonl.tmp").open("w", encoding="utf-8")
+        for task in tasks:
+            if task.split not in files:
+                files[task.split] = out.joinpath(f"{task.split}.jsonl.tmp").open(
+                    "w", encoding="utf-8"
+                )
+                counts[task.split] = 0
+            files[task.split].write(json.dumps(to_dict(task), ensure_ascii=False) + "\n")
+            counts[task.split] += 1
+    except BaseException:
+        for split in files:
+            out.joinpath(f"{split}.jsonl.tmp").unlink(missing_ok=True)
+        raise
+    finally:
+        for fh in files.values():
+            fh.close()
+    for split, n in counts.items():
         paths[split] = out / f"{split}.jsonl"
-        report.kept[f"{split} tasks"] = write_jsonl(paths[split], split_tasks)
+        out.joinpath(f"{split}.jsonl.tmp").replace(paths[split])
+        report.kept[f"{split} tasks"] = n
     tmp = paths["summary"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
     tmp.replace(paths["summary"])

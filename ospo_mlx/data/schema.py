@@ -141,8 +141,22 @@ def task_from_dict(row: dict[str, Any], where: str = "task row") -> Task:
 
 
 def to_dict(record: Product | Task) -> dict[str, Any]:
-    """A JSON-ready dict without empty optional fields."""
-    return {k: v for k, v in asdict(record).items() if v not in (None, [], {})}
+    """A JSON-ready dict without empty optional fields (keys in field order, as `asdict`)."""
+    if type(record) is Task:
+        # Built by hand: `asdict` deep-copies recursively and was most of the time of writing
+        # a million H&M tasks; the result (and so every JSONL byte) is the same.
+        raw: dict[str, Any] = {
+            "id": record.id,
+            "kind": record.kind,
+            "targets": dict(record.targets),
+            "query": record.query,
+            "history": [{"product_id": h.product_id, "date": h.date} for h in record.history],
+            "pool": list(record.pool) if record.pool is not None else None,
+            "split": record.split,
+        }
+    else:
+        raw = asdict(record)
+    return {k: v for k, v in raw.items() if v not in (None, [], {})}
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -1,6 +1,6 @@
 """Product embeddings of a catalog: in memory, or a prebuilt usearch index on disk.
 
-An index directory holds `index.usearch` (f32 vectors, cosine metric), `embeddings.npy` (the
+An index directory holds `index.usearch` (f32, f16 or i8 vectors, cosine metric), `embeddings.npy` (the
 same vectors in catalog order, memory-mappable, for exact pool scoring) and `meta.json` (the
 key -> product_id map, the catalog hash and the encoder identity). Reopening with a different
 encoder, or an index built from another catalog, is refused with a one-line OspoError.
@@ -9,16 +9,18 @@ encoder, or an index built from another catalog, is refused with a one-line Ospo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ospo_mlx.data.schema import Product, product_text
-from ospo_mlx.errors import OspoError
+from ospo_mlx.data.schema import Product, product_from_dict, product_text, read_jsonl
+from ospo_mlx.errors import ConfigError, DataError, OspoError
 
 if TYPE_CHECKING:
     from ospo_mlx.reward.encoder import SentenceEncoder
@@ -28,15 +30,72 @@ FORMAT_VERSION = 1
 MMAP_BYTES = 256 << 20  # embeddings above this size are memory-mapped, not read into RAM
 
 
+def _hash_product(h, pid: str, text: str) -> None:
+    h.update(pid.encode())
+    h.update(b"\0")
+    h.update(text.encode())
+    h.update(b"\1")
+
+
 def catalog_hash(catalog: dict[str, Product]) -> str:
     """Hash of the product ids and texts, in catalog order."""
     h = hashlib.sha256()
     for pid, product in catalog.items():
-        h.update(pid.encode())
-        h.update(b"\0")
-        h.update(product_text(product).encode())
-        h.update(b"\1")
+        _hash_product(h, pid, product_text(product))
     return h.hexdigest()[:16]
+
+
+DTYPES = ("f32", "f16", "i8")
+
+
+@dataclass
+class IndexConfig:
+    """How `ospo index build` encodes and stores a catalog."""
+
+    dtype: str = field(
+        default="f32",
+        metadata={
+            "help": "usearch vector dtype: f32, f16 (half the memory) or i8 (a quarter); "
+            "embeddings.npy, used for exact pool scores, stays f32."
+        },
+    )
+    batch_size: int = field(
+        default=4096, metadata={"help": "Products encoded and added to the index per batch."}
+    )
+    connectivity: int = field(
+        default=16, metadata={"help": "HNSW edges per node (usearch default 16)."}
+    )
+    expansion_add: int = field(
+        default=128, metadata={"help": "HNSW candidate list while adding (usearch default 128)."}
+    )
+    expansion_search: int = field(
+        default=64, metadata={"help": "HNSW candidate list while searching (usearch default 64)."}
+    )
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"index dtype must be one of {list(DTYPES)}, got '{self.dtype}'")
+        if min(self.batch_size, self.connectivity, self.expansion_add, self.expansion_search) < 1:
+            raise ConfigError("batch_size, connectivity and expansions must be >= 1")
+
+
+def iter_catalog(path: str | Path) -> tuple[int, Iterator[Product]]:
+    """The product count of catalog.jsonl and an iterator over its products, read lazily."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    count = 0
+    with path.open("rb") as fh:
+        for line in fh:
+            count += bool(line.strip())
+    if count == 0:
+        raise DataError(f"{path}: the catalog is empty")
+
+    def products() -> Iterator[Product]:
+        for lineno, row in read_jsonl(path):
+            yield product_from_dict(row, where=f"{path}:{lineno}")
+
+    return count, products()
 
 
 def embed_catalog(catalog: dict[str, Product], encoder: SentenceEncoder) -> np.ndarray:
@@ -87,31 +146,97 @@ class CatalogIndex:
 
     @classmethod
     def build(
-        cls, catalog: dict[str, Product], encoder: SentenceEncoder, out_dir: str | Path
+        cls,
+        catalog: dict[str, Product],
+        encoder: SentenceEncoder,
+        out_dir: str | Path,
+        config: IndexConfig | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
     ) -> CatalogIndex:
         """Embed the catalog and write the index directory `out_dir`."""
+        return cls.build_streaming(
+            iter(catalog.values()), len(catalog), encoder, out_dir, config, progress
+        )
+
+    @classmethod
+    def build_streaming(
+        cls,
+        products: Iterator[Product],
+        count: int,
+        encoder: SentenceEncoder,
+        out_dir: str | Path,
+        config: IndexConfig | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
+    ) -> CatalogIndex:
+        """Build from `count` products read one batch at a time (e.g. from `iter_catalog`).
+
+        Each batch is encoded, added to the usearch index and appended to embeddings.npy, so
+        memory holds the index (f32: 1.5 KB per product at dim 384; f16 half; i8 a quarter)
+        and one batch, never the catalog's text or a second copy of the vectors.
+        """
         from usearch.index import Index
 
+        config = config or IndexConfig()
+        config.validate()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        built = cls.in_memory(catalog, encoder)
-        index = Index(ndim=encoder.dim, metric="cos", dtype="f32")
-        index.add(np.arange(len(built.product_ids), dtype=np.uint64), built.vectors)
+        ident = encoder.identity
+        index = Index(
+            ndim=encoder.dim,
+            metric="cos",
+            dtype=config.dtype,
+            connectivity=config.connectivity,
+            expansion_add=config.expansion_add,
+            expansion_search=config.expansion_search,
+        )
+        h = hashlib.sha256()
+        ids: list[str] = []
+        seen: set[str] = set()
+        vectors_tmp = out / f".{VECTORS_FILE}.tmp"
+        with vectors_tmp.open("wb") as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": "<f4", "fortran_order": False, "shape": (count, encoder.dim)}
+            )
+            while len(ids) < count:
+                batch = list(itertools.islice(products, min(config.batch_size, count - len(ids))))
+                if not batch:
+                    break
+                texts = []
+                for product in batch:
+                    if product.product_id in seen:
+                        raise OspoError(
+                            f"duplicate product_id '{product.product_id}' in the catalog; "
+                            "rebuild it with `ospo data`"
+                        )
+                    seen.add(product.product_id)
+                    text = product_text(product)
+                    _hash_product(h, product.product_id, text)
+                    texts.append(text)
+                vecs = encoder.encode(texts).astype(np.float32)
+                index.add(np.arange(len(ids), len(ids) + len(batch), dtype=np.uint64), vecs)
+                fh.write(np.ascontiguousarray(vecs).tobytes())
+                ids.extend(p.product_id for p in batch)
+                if progress is not None:
+                    progress("products", len(ids), count)
+        if len(ids) != count:
+            vectors_tmp.unlink(missing_ok=True)
+            raise OspoError(f"the catalog has {len(ids)} products, expected {count}")
+        del seen
         index.save(str(out / INDEX_FILE))
-        np.save(out / VECTORS_FILE, built.vectors)
+        os.replace(vectors_tmp, out / VECTORS_FILE)
         meta = {
             "format": FORMAT_VERSION,
-            "count": len(built.product_ids),
+            "count": count,
             "dim": encoder.dim,
             "metric": "cos",
-            "dtype": "f32",
-            "catalog_hash": built.catalog_hash,
-            "encoder": built.encoder_identity,
-            "product_ids": built.product_ids,
+            "dtype": config.dtype,
+            "catalog_hash": h.hexdigest()[:16],
+            "encoder": ident,
+            "product_ids": ids,
         }
         (out / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
-        built.index = index
-        return built
+        vectors = np.load(out / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        return cls(ids, vectors, ident, meta["catalog_hash"], index)
 
     @classmethod
     def open(
