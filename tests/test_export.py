@@ -497,3 +497,17 @@ def test_cli_export_dry_run(tiny, tmp_path):
         and "a/b" in res.output
         and "dry run" in res.output
     )
+
+
+def test_base_model_is_read_through_the_run_config_reader():
+    from ospo_mlx.config import TrainConfig
+    from ospo_mlx.export.source import DEFAULT_MODEL, model_from_config
+
+    current = TrainConfig().to_dict()
+    assert model_from_config(current) == DEFAULT_MODEL
+    current["model"]["name"] = "mlx-community/Qwen2.5-1.5B-Instruct-4bit"
+    assert model_from_config(current) == "mlx-community/Qwen2.5-1.5B-Instruct-4bit"
+    # Older layouts still name their model.
+    assert model_from_config({"model": "some/model"}) == "some/model"
+    assert model_from_config({"model": {"path": "/models/x"}}) == "/models/x"
+    assert model_from_config({}) is None

@@ -80,10 +80,17 @@ def model_from_config(config: dict[str, Any]) -> str | None:
     """The base model named by a run's config.yaml (`model: {name: NAME}`; null = the default)."""
     if "model" not in config:
         return None
-    model = config["model"]
-    if isinstance(model, dict):
-        model = model.get("name") or model.get("path")
-    return str(model) if model else DEFAULT_MODEL
+    from ospo_mlx.config import config_from_run
+    from ospo_mlx.errors import ConfigError
+
+    try:  # the same reader as training and `ospo eval`
+        name = config_from_run(config).model.name
+        return str(name) if name else DEFAULT_MODEL
+    except ConfigError:  # older run layouts: `model: NAME` or `model: {path: ...}`
+        model = config["model"]
+        if isinstance(model, dict):
+            model = model.get("name") or model.get("path")
+        return str(model) if model else DEFAULT_MODEL
 
 
 def _inside(path: Path, root: Path) -> bool:
