@@ -149,7 +149,7 @@ def ospo_worker(args: Any) -> None:
         sets = ospo_overrides(w, algorithm, args.seed, args.quick) + list(args.set)
         cfg = load_config(REPO_ROOT / "configs/demo.yaml", sets,
                           **{"run.out": out, "optim.steps": args.steps})  # fmt: skip
-        trainer = Trainer(cfg)
+        trainer = Trainer.from_config(cfg)
         mine = [[int(t) for t in p] for p in trainer.prompts]
         if mine != expected:
             raise SystemExit("ospo's prompt token ids differ from the shared prompts file")

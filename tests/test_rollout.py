@@ -206,7 +206,8 @@ def test_smaller_kv_growth_step_keeps_the_samples_and_lowers_the_peak(tiny, prom
     from ospo_mlx.train import rollout
 
     model, tok = tiny
-    cfg = SamplingConfig(num_generations=4, max_new_tokens=24, seed=3, return_logprobs=True)
+    cfg = SamplingConfig(max_new_tokens=24)
+    options = {"num_generations": 4, "seed": 3, "return_logprobs": True}
     default = BatchKVCache.step
     peaks, outs = {}, {}
     for mode in ("library", "ours"):
@@ -216,7 +217,7 @@ def test_smaller_kv_growth_step_keeps_the_samples_and_lowers_the_peak(tiny, prom
             monkeypatch.undo()
         mx.clear_cache()
         mx.reset_peak_memory()
-        outs[mode] = sample_groups(model, tok, prompts, cfg)
+        outs[mode] = sample_groups(model, tok, prompts, cfg, **options)
         peaks[mode] = mx.get_peak_memory()
     assert outs["ours"].completion_tokens == outs["library"].completion_tokens
     assert outs["ours"].logprobs == outs["library"].logprobs
