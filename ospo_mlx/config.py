@@ -99,6 +99,13 @@ class SamplingConfig:
     top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
     min_p: float = field(default=0.0, metadata={"help": "Min-p sampling threshold (0 = off)."})
     batch_size: int = field(default=64, metadata={"help": "Most completions decoded at once."})
+    stop_at_answer: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop sampling a completion at the closing answer tag, so no text runs on "
+            "after the answer (counted in completions/stopped_at_answer)."
+        },
+    )
 
 
 @dataclass

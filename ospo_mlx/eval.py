@@ -173,8 +173,10 @@ class SystemOutput:
 def _system_from_responses(
     name: str, texts: list[str], lengths: list[int], tags: tuple[str, str], reward: dict[str, Any]
 ) -> SystemOutput:
-    """Scored answers by the run's own rule (`reward.missing_tags`, `reward.unclosed_answer`)."""
+    """Scored answers by the run's own rules (`reward.missing_tags`, `reward.unclosed_answer`,
+    `reward.repeats`)."""
     from ospo_mlx.attribution.segment import scored_answer
+    from ospo_mlx.reward.repetition import collapse_repeats
     from ospo_mlx.reward.retrieval import RewardConfig
 
     defaults = RewardConfig()
@@ -182,7 +184,10 @@ def _system_from_responses(
     unclosed = reward.get("unclosed_answer", defaults.unclosed_answer)
     scored = [scored_answer(t, tags, missing, unclosed) for t in texts]
     formatted = [status == "ok" for _, status in scored]
-    return SystemOutput(name, texts, [a for a, _ in scored], lengths, formatted)
+    answers = [a for a, _ in scored]
+    if reward.get("repeats", defaults.repeats) == "collapse":  # as training scored them
+        answers = [None if a is None else collapse_repeats(a)[0] for a in answers]
+    return SystemOutput(name, texts, answers, lengths, formatted)
 
 
 def _load_inputs(args: EvalArgs):

@@ -19,6 +19,7 @@ from ospo_mlx.attribution.segment import MISSING_TAGS, UNCLOSED_ANSWER, scored_a
 from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.reward import metrics as M
+from ospo_mlx.reward.repetition import collapse_repeats
 from ospo_mlx.reward.retrievers import Retriever
 
 EVAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr", "hit@10")
@@ -73,6 +74,13 @@ class RewardConfig:
             "to the end of the text) or zero (reward 0, so run-on answers are not rewarded); counted."
         },
     )
+    repeats: str = field(
+        default="collapse",
+        metadata={
+            "help": "collapse: drop every repeated word of the answer before retrieval (a "
+            "repeat earns nothing; counted in reward/collapsed_repeats), or keep."
+        },
+    )
     gains: str = field(
         default="graded",
         metadata={"help": "graded: targets' gains (ESCI E=3,S=2,C=1); binary: 1 if > 0."},
@@ -93,6 +101,7 @@ class RewardConfig:
             "empty_value": ("zero", "query"),
             "missing_tags": MISSING_TAGS,
             "unclosed_answer": UNCLOSED_ANSWER,
+            "repeats": ("keep", "collapse"),
             "gains": ("graded", "binary"),
         }
         for name, allowed in choices.items():
@@ -174,9 +183,24 @@ class RetrievalReward:
         return text
 
     def scored(self, response: str) -> tuple[str | None, str]:
-        """(scored text or None, format status: ok, missing_tags or unclosed); see `scored_answer`."""
+        """(scored text or None, format status: ok, missing_tags or unclosed); see `scored_answer`.
+
+        With `repeats: collapse` the scored text has its repeated words removed."""
         c = self.config
-        return scored_answer(response, c.answer_tags, c.missing_tags, c.unclosed_answer)
+        text, status = scored_answer(response, c.answer_tags, c.missing_tags, c.unclosed_answer)
+        return (self.collapse(text) if text is not None else None), status
+
+    def collapse(self, text: str) -> str:
+        """`text` with repeated words removed when `repeats: collapse`, else unchanged."""
+        return collapse_repeats(text)[0] if self.config.repeats == "collapse" else text
+
+    def repeats_removed(self, response: str) -> int:
+        """Words the repeat rule drops from `response`'s scored text (0 with `repeats: keep`)."""
+        c = self.config
+        text, _ = scored_answer(response, c.answer_tags, c.missing_tags, c.unclosed_answer)
+        if text is None or c.repeats != "collapse":
+            return 0
+        return collapse_repeats(text)[1]
 
     def format_zeroed(self, response: str) -> bool:
         """True when the format rule (not the content) gives `response` reward 0."""
@@ -285,11 +309,8 @@ class RetrievalReward:
             if not mask.any():
                 out.append(self.empty_text(task))
             else:
-                out.append(
-                    self.with_query(
-                        coalition_text(response, spans, mask, self.config.coalition_text), task
-                    )
-                )
+                text = coalition_text(response, spans, mask, self.config.coalition_text)
+                out.append(self.with_query(self.collapse(text), task))
         return out
 
     def coalition_values(

@@ -6,7 +6,9 @@ completion, ordered prompt-major (the G completions of prompt 0 first, then prom
 Conventions:
   - `completion_tokens[i]` are the sampled ids exactly as generated (never decoded and
     re-encoded). A completion that stopped on an end-of-sequence token (`finished[i]`) keeps
-    that token as its last id, so the policy learns to stop; `texts[i]` excludes it.
+    that token as its last id, so the policy learns to stop; `texts[i]` excludes it. One that
+    stopped on a stop string (`stop_strings`, e.g. the closing answer tag) is also finished
+    and keeps the string in its tokens and text.
   - `token_offsets[i][j] = (start, end)` is token j's character span in `texts[i]`, from
     incremental decoding: the spans tile the text in order (each starts where the previous
     ends, the last ends at len(text)). A token whose bytes end inside a multi-byte UTF-8
@@ -72,6 +74,13 @@ class SamplingConfig:
     share_prompt_prefill: bool = field(
         default=True,
         metadata={"help": "Prefill each prompt once and reuse its KV cache for its G completions."},
+    )
+    stop_strings: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Stop a completion once it writes one of these (e.g. '</answer>'); the "
+            "string stays in the completion, so nothing after it is sampled or trained."
+        },
     )
     return_logprobs: bool = field(
         default=False,
@@ -230,6 +239,37 @@ def _prefix_offsets(
     return spans
 
 
+def stop_sequences(tokenizer, strings: Sequence[str]) -> list[list[int]]:
+    """Token sequences that end a completion on each of `strings`, as the model may write them.
+
+    A tag's tokens depend on what precedes and follows it ('mesh</answer>' vs 'a </answer>',
+    '>' merged with a newline), so each string is encoded in a few contexts and the tokens
+    from the context's end through the one that completes the string are kept.
+    """
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+
+    def encode(text: str) -> list[int]:
+        try:
+            return [int(t) for t in hf.encode(text, add_special_tokens=False)]
+        except TypeError:  # tokenizers without the keyword
+            return [int(t) for t in hf.encode(text)]
+
+    out: list[list[int]] = []
+    for string in strings:
+        for prefix in ("", "x", "a ", "x."):
+            for suffix in ("", "\n", " ", "."):
+                full, head = encode(prefix + string + suffix), encode(prefix) if prefix else []
+                if full[: len(head)] != head:
+                    continue  # the context merged with the string's first token
+                tail = full[len(head) :]
+                for n in range(1, len(tail) + 1):
+                    if string in hf.decode(tail[:n]):
+                        if tail[:n] not in out:
+                            out.append(tail[:n])
+                        break
+    return out
+
+
 def _shared_prefill(model: nn.Module, prompt: list[int], step: int) -> list:
     """KV cache of prompt[:-1] (the batch generator feeds the last token itself)."""
     from mlx_lm.models.cache import make_prompt_cache
@@ -299,7 +339,7 @@ def sample_groups(
     gen = BatchGenerator(
         model,
         max_tokens=config.max_new_tokens,
-        stop_tokens=[[t] for t in eos_ids],
+        stop_tokens=[[t] for t in eos_ids] + stop_sequences(tokenizer, config.stop_strings),
         sampler=sampler,
         completion_batch_size=config.batch_size,
         prefill_batch_size=min(config.prefill_batch_size, config.batch_size),
@@ -342,10 +382,12 @@ def sample_groups(
 
     hf = getattr(tokenizer, "_tokenizer", tokenizer)
     texts, offsets = [], []
+    eos_set = set(eos_ids)
     for toks, done in zip(tokens, finished, strict=True):
-        body = toks[:-1] if done else toks
+        eos = done and bool(toks) and toks[-1] in eos_set  # else it stopped on a stop string
+        body = toks[:-1] if eos else toks
         text, spans = decode_with_offsets(hf.decode, body)
-        if done:
+        if eos:
             spans.append((len(text), len(text)))
         texts.append(text)
         offsets.append(spans)

@@ -18,7 +18,7 @@ import mlx.core as mx
 import numpy as np
 
 from ospo_mlx.attribution import credit
-from ospo_mlx.attribution.segment import SegmenterConfig
+from ospo_mlx.attribution.segment import SegmenterConfig, after_answer
 from ospo_mlx.config import TrainConfig, dump_config
 from ospo_mlx.data.schema import Task, load_catalog, load_tasks
 from ospo_mlx.errors import ConfigError, OspoError
@@ -225,8 +225,9 @@ class Trainer:
 
         known = {f.name for f in fields(SamplingConfig)}
         sampling = SamplingConfig(
-            **{k: v for k, v in vars(c.sampling).items() if k in known}, num_generations=g
-        )
+            **{k: v for k, v in vars(c.sampling).items() if k in known}, num_generations=g,
+            stop_strings=(c.prompt.answer_tags[1],) if c.sampling.stop_at_answer else (),
+        )  # fmt: skip
         self.model.eval()  # no LoRA dropout while sampling
         rollouts = sample_groups(
             self.model, self.tokenizer, prompts, sampling,
@@ -300,6 +301,8 @@ class Trainer:
         update = {k: float(np.mean([r[k] for r in results])) for k in results[0]}
         update["grad_norm"] = results[-1]["grad_norm"]
         gen_tokens = int(sum(lengths))
+        tags, reward = c.prompt.answer_tags, self.reward
+        close_tag = tags[1]
         metrics = {
             "step": step,
             "reward": float(all_rewards.mean()),
@@ -318,6 +321,10 @@ class Trainer:
             "ospo/unclosed_answer": float(status.count("unclosed")),
             "ospo/format_zeroed": float(zeroed.sum()),
             "ospo/no_segments": float(no_segments),
+            # the hardened reward's cases, counted: stop at </answer>, run-ons, repeats
+            "completions/stopped_at_answer": float(sum(t.endswith(close_tag) for t in texts)),
+            "completions/after_answer": float(sum(after_answer(t, tags) for t in texts)),
+            "reward/collapsed_repeats": float(sum(reward.repeats_removed(t) > 0 for t in texts)),
             "skipped/prompt_too_long": float(self.skipped_long),
             "reward/nonfinite": float(nonfinite),
             "time/sample": t_sample - t_start,
