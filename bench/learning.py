@@ -303,7 +303,10 @@ def warm_up(base: Any, args: Any, out: Path) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]], args: Any, start: dict | None) -> dict[str, Any]:
-    """The learning.json body: AUCs, paired differences, bands, held-out, power plan."""
+    """The learning.json body: AUCs, paired differences, bands, held-out, power plan.
+
+    Curves are cut to `args.steps`, so runs kept from a longer bench compare on equal terms."""
+    runs = [{**r, "rewards": r["rewards"][: args.steps]} for r in runs]
     variants = [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
     by = {
         v: sorted((r for r in runs if r["variant"] == v), key=lambda r: r["seed"]) for v in variants

@@ -259,9 +259,11 @@ def stop_sequences(tokenizer, strings: Sequence[str]) -> list[list[int]]:
         for prefix in ("", "x", "a ", "x."):
             for suffix in ("", "\n", " ", "."):
                 full, head = encode(prefix + string + suffix), encode(prefix) if prefix else []
-                if full[: len(head)] != head:
-                    continue  # the context merged with the string's first token
-                tail = full[len(head) :]
+                # the context may merge with the string's first token ('a ' + '</' -> 'a', ' </')
+                common = 0
+                while common < min(len(head), len(full)) and head[common] == full[common]:
+                    common += 1
+                tail = full[common:]
                 for n in range(1, len(tail) + 1):
                     if string in hf.decode(tail[:n]):
                         if tail[:n] not in out:

@@ -1,0 +1,134 @@
+"""The learning bench's statistics and summary (bench/learning_stats.py, bench/learning.py)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import learning_stats as S
+
+finite = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False, allow_infinity=False)
+
+
+def test_curve_summaries_by_hand():
+    rewards = [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert S.trailing_mean(rewards, 1, 3) == pytest.approx(0.1)
+    assert S.trailing_mean(rewards, 5, 3) == pytest.approx(0.4)
+    assert S.smooth(rewards, 2) == pytest.approx([0.1, 0.15, 0.25, 0.35, 0.45])
+    assert S.steps_to_target(rewards, 0.3, 3) == 4  # mean(0.2, 0.3, 0.4)
+    assert S.steps_to_target(rewards, 0.15, 3) == 3  # never before a full window
+    assert S.steps_to_target(rewards, 0.9, 3) is None
+    assert S.auc(rewards) == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        S.auc([])
+
+
+def test_paired_difference_of_a_constant_shift_has_no_width():
+    a = [0.5, 0.6, 0.7, 0.4]
+    mean, lo, hi = S.paired_diff_ci([x + 0.05 for x in a], a)
+    assert mean == pytest.approx(0.05) and lo == pytest.approx(0.05) and hi == pytest.approx(0.05)
+    with pytest.raises(ValueError):
+        S.paired_diff_ci([1.0], [1.0, 2.0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(finite, min_size=1, max_size=12))
+def test_bootstrap_interval_brackets_the_mean(values):
+    mean, lo, hi = S.bootstrap_mean_ci(values, n_resamples=500)
+    assert mean == pytest.approx(float(np.mean(values)))
+    assert lo - 1e-12 <= mean <= hi + 1e-12
+    assert min(values) - 1e-12 <= lo and hi <= max(values) + 1e-12
+
+
+def test_t_interval_matches_the_t_table():
+    # n = 5: t(0.975, 4) = 2.776; sd of 1..5 = 1.5811
+    half = S.t_ci_halfwidth([1, 2, 3, 4, 5])
+    assert half == pytest.approx(2.776 * 1.5811 / math.sqrt(5), rel=0.02)
+    assert S.t_ci_halfwidth([3.0]) == 0.0
+
+
+def test_curve_bands_of_identical_curves_have_no_width():
+    c = [0.2, 0.4, 0.6, 0.8]
+    bands = S.curve_bands([c, c, c], window=2)
+    assert bands["step"] == [1, 2, 3, 4]
+    assert bands["mean"] == pytest.approx([0.2, 0.3, 0.5, 0.7])
+    assert bands["low"] == pytest.approx(bands["mean"]) and bands["high"] == pytest.approx(
+        bands["mean"]
+    )
+    cut = S.curve_bands([c, c[:3]], window=1)  # cut to the shortest curve
+    assert cut["step"] == [1, 2, 3]
+
+
+def test_step_noise_recovers_the_sampling_noise_and_ignores_seed_offsets():
+    rng = np.random.default_rng(0)
+    trend = 0.4 + 0.005 * np.arange(80)
+    curves = [trend + offset + rng.normal(0, 0.1, 80) for offset in (-0.2, 0.0, 0.3, 0.1)]
+    assert S.step_noise(curves) == pytest.approx(0.1, rel=0.12)
+
+
+def test_seeds_needed_by_hand():
+    # ((1.95996 + 0.84162) * 1 / 1)^2 = 7.85 -> 8 seeds
+    assert S.seeds_needed(1.0, 1.0) == 8
+    assert S.seeds_needed(0.1, 1.0) == 2  # never fewer than two
+    assert S.seeds_needed(2.0, 1.0) == 32  # 4 x 7.85 = 31.4 -> 32
+    with pytest.raises(ValueError):
+        S.seeds_needed(1.0, 0.0)
+
+
+def test_power_plan_needs_fewer_seeds_with_more_steps():
+    rng = np.random.default_rng(1)
+    curves = [list(0.5 + rng.normal(0, 0.15, 30) + rng.normal(0, 0.01)) for _ in range(4)]
+    aucs = [S.auc(c) for c in curves]
+    plan = S.power_plan({"grpo": aucs}, {"grpo": curves}, "grpo", start_reward=0.45)
+    gain = plan["seeds_needed"]["relative_gain"]
+    assert gain["20"] >= gain["40"] >= gain["100"]
+    assert plan["deltas"]["relative_auc"] == pytest.approx(0.25 * np.mean(aucs))
+    assert plan["pilot_steps"] == 30 and plan["pilot_seeds"] == 4
+
+
+def _run(variant, seed, rewards, test_reward=None):
+    test = None
+    if test_reward is not None:
+        test = {
+            "reward": test_reward,
+            "bm25": test_reward / 2,
+            "format_rate": 1.0,
+            "distinct_word_ratio": 1.0,
+            "answer_words": 4.0,
+        }
+    algorithm = "grpo" if variant == "grpo" else "ospo"
+    return {"variant": variant, "algorithm": algorithm, "seed": seed, "rewards": rewards,
+            "step_time_s": 1.0, "test": test}  # fmt: skip
+
+
+def test_summary_pairs_seeds_and_names_the_issue_keys():
+    from bench.learning import summarize
+
+    runs = [
+        _run("grpo", 0, [0.4, 0.5, 0.6], 0.5),
+        _run("grpo", 1, [0.3, 0.4, 0.5], 0.4),
+        _run("ospo-best", 0, [0.5, 0.6, 0.7], 0.6),
+        _run("ospo-best", 1, [0.4, 0.5, 0.6], 0.5),
+        _run("ospo-best", 2, [0.9, 0.9, 0.9], 0.9),  # no GRPO partner: not in the pairing
+    ]
+    args = SimpleNamespace(window=2, target=0.55, target_gain=0.05, steps=3)
+    out = summarize(runs, args, start={"reward": 0.3, "bm25": 0.1, "raw_query": {"reward": 0.2}})
+    assert out["algorithms"] == ["grpo", "ospo-best"]
+    assert out["auc"]["grpo"] == {"0": pytest.approx(0.5), "1": pytest.approx(0.4)}
+    assert out["diff_auc"]["ospo-best"]["mean"] == pytest.approx(0.1)
+    assert out["diff_auc"]["ospo-best"]["seeds"] == 2
+    assert out["diff_auc_ci95"]["ospo-best"] == pytest.approx([0.1, 0.1])
+    assert out["heldout"]["grpo"]["reward"][0] == pytest.approx(0.45)
+    assert out["raw_query_heldout"] == {"reward": 0.2}
+    # steps to 0.55 over a 2-step mean: grpo seed 0 at step 3 (0.55), seed 1 never
+    assert out["per_variant"]["grpo"]["steps_to_target"] == [3, None]
+    assert out["power"]["pilot_seeds"] == 2
