@@ -348,7 +348,7 @@ def summarize(runs: list[dict[str, Any]], args: Any, start: dict | None) -> dict
                 )
                 diffs[v] = {"mean": mean, "ci95": [lo, hi], "seeds": len(seeds)}
     power = None
-    if BASELINE in by and len(by[BASELINE]) >= 2:
+    if BASELINE in by and min(len(r["rewards"]) for r in by[BASELINE]) >= 2:
         power = S.power_plan(
             {v: list(auc[v].values()) for v in variants},
             {v: [r["rewards"] for r in by[v]] for v in variants},
@@ -445,9 +445,10 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     if s["power"]:
         p = s["power"]
         lines.append(
-            f"power: step noise {p['step_noise_sd']:.3f}, seed sd {p['seed_level_sd']:.3f}; seeds "
-            f"needed (25% of AUC) {p['seeds_needed']['relative_auc']}, (25% of gain) "
-            f"{p['seeds_needed']['relative_gain']}"
+            f"power: step noise {p['step_noise_sd']:.3f} (paired difference "
+            f"{p['paired_step_noise_sd'] or 0:.3f}), seed sd {p['seed_level_sd']:.3f}; seeds needed "
+            f"by steps, 25% of AUC: {p['seeds_needed']['relative_auc']}, 25% of the gain: "
+            f"{p['seeds_needed']['relative_gain']}; paired: {p['seeds_needed_paired']}"
         )
     return lines
 

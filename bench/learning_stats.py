@@ -121,6 +121,21 @@ def seeds_needed(sd_diff: float, delta: float, alpha: float = 0.05, power: float
     return max(2, math.ceil((z * sd_diff / delta) ** 2))
 
 
+def paired_step_noise(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
+    """Std of the per-step difference a - b of paired runs (same seed, so same prompts).
+
+    Runs with the same seed draw the same prompts at each step, so the prompt's difficulty,
+    the largest part of one step's reward, cancels in the difference."""
+    diffs = []
+    for x, y in zip(a, b, strict=True):
+        n = min(len(x), len(y))
+        d = np.subtract(x[:n], y[:n])
+        diffs.append(d - d.mean())  # each seed's own mean difference is the signal, not noise
+    pooled = np.concatenate(diffs) if diffs else np.zeros(0)
+    dof = pooled.size - len(diffs)
+    return float(math.sqrt((pooled**2).sum() / dof)) if dof > 0 else 0.0
+
+
 def power_plan(
     aucs: dict[str, Sequence[float]],
     curves: dict[str, Sequence[Sequence[float]]],
@@ -131,19 +146,30 @@ def power_plan(
 ) -> dict[str, Any]:
     """Seeds x steps needed to detect a `relative` AUC difference from `baseline` at 95%.
 
-    From pilot runs: the per-step reward noise s_step (residuals around the mean curve) and
-    the seed-to-seed AUC spread. An AUC over T steps has variance s_seed^2 + s_step^2 / T, so
-    the seed-level part s_seed^2 = var(AUC) - s_step^2 / T_pilot (at least 0). A paired
-    difference of two algorithms has twice that variance (same seeds only share the first
-    step's samples, so pairing is not assumed to cancel anything). Two effect sizes:
-    `relative` x the baseline's AUC (the paper's "% NDCG over GRPO"), and `relative` x its
-    gain over the warm-up's reward (a difference in how much was learned: far harder).
+    From pilot runs. An AUC over T steps has variance s_seed^2 + s_step^2 / T: s_step is one
+    step's noise, s_seed the seed-to-seed spread of a run's true level, estimated as
+    var(AUC) - s_step^2 / T_pilot (at least 0; 0 when the pilot has one seed per variant,
+    which makes the plan a lower bound). Two designs:
+    - unpaired: the difference of two AUCs has twice that variance;
+    - paired: the same seeds draw the same prompts, so the per-step difference's own noise
+      (`paired_step_noise`, measured on the pilot's paired runs) replaces 2 s_step^2.
+    Two effect sizes: `relative` x the baseline's AUC (the paper's "% NDCG over GRPO") and
+    `relative` x its gain over the warm-up's reward (a difference in how much was learned).
+    Power 80%, two-sided alpha 5%.
     """
     base = np.asarray(aucs[baseline], dtype=np.float64)
     t_pilot = min(len(c) for c in curves[baseline])
     s_step = float(np.mean([step_noise(c) for c in curves.values() if c]))
-    var_auc = float(np.mean([np.var(v, ddof=1) for v in aucs.values() if len(v) >= 2] or [0.0]))
+    spread = [np.var(v, ddof=1) for v in aucs.values() if len(v) >= 2]
+    var_auc = float(np.mean(spread)) if spread else 0.0
     s_seed2 = max(0.0, var_auc - s_step**2 / t_pilot)
+    pairs = [v for v in curves if v != baseline and curves[v]]
+    s_pair = None
+    if pairs:
+        k = min(len(curves[baseline]), *(len(curves[v]) for v in pairs))
+        s_pair = float(
+            np.mean([paired_step_noise(curves[v][:k], curves[baseline][:k]) for v in pairs])
+        )
     mean_auc = float(base.mean())
     deltas = {
         "relative_auc": relative * mean_auc,
@@ -153,16 +179,24 @@ def power_plan(
         "pilot_steps": t_pilot,
         "pilot_seeds": int(base.size),
         "step_noise_sd": s_step,
+        "paired_step_noise_sd": s_pair,
         "auc_sd_between_seeds": math.sqrt(var_auc),
         "seed_level_sd": math.sqrt(s_seed2),
+        "seed_level_known": bool(spread),
         "baseline_auc": mean_auc,
         "start_reward": start_reward,
         "deltas": deltas,
         "seeds_needed": {},
+        "seeds_needed_paired": {},
     }
     for name, delta in deltas.items():
         plan["seeds_needed"][name] = {
             str(t): seeds_needed(math.sqrt(2 * (s_seed2 + s_step**2 / t)), delta)
             for t in steps_options
         }
+        if s_pair is not None:
+            plan["seeds_needed_paired"][name] = {
+                str(t): seeds_needed(math.sqrt(2 * s_seed2 + s_pair**2 / t), delta)
+                for t in steps_options
+            }
     return plan

@@ -132,3 +132,22 @@ def test_summary_pairs_seeds_and_names_the_issue_keys():
     # steps to 0.55 over a 2-step mean: grpo seed 0 at step 3 (0.55), seed 1 never
     assert out["per_variant"]["grpo"]["steps_to_target"] == [3, None]
     assert out["power"]["pilot_seeds"] == 2
+
+
+def test_pairing_cancels_the_prompt_difficulty_shared_by_a_seed():
+    rng = np.random.default_rng(2)
+    prompts = rng.normal(0, 0.2, 50)  # each step's prompts: shared by both runs of a seed
+    a = [list(0.5 + prompts + rng.normal(0, 0.02, 50))]
+    b = [list(0.45 + prompts + rng.normal(0, 0.02, 50))]
+    assert S.paired_step_noise(a, b) == pytest.approx(0.02 * math.sqrt(2), rel=0.25)
+    other_seed = list(0.5 + rng.normal(0, 0.2, 50) + rng.normal(0, 0.02, 50))  # other prompts
+    assert S.step_noise([a[0], other_seed]) > 5 * S.paired_step_noise(a, b)
+    plan = S.power_plan(
+        {"grpo": [S.auc(b[0])], "ospo": [S.auc(a[0])]},
+        {"grpo": b, "ospo": a},
+        "grpo",
+        start_reward=0.4,
+    )
+    assert not plan["seed_level_known"]  # one seed each: a lower bound
+    paired, unpaired = plan["seeds_needed_paired"], plan["seeds_needed"]
+    assert paired["relative_gain"]["20"] <= unpaired["relative_gain"]["20"]

@@ -232,7 +232,7 @@ def test_a_stop_string_ends_the_completion_and_stays_in_it(tiny, prompts):
         model, tok, [prompt], SamplingConfig(**{**cfg.__dict__, "stop_strings": (stop,)})
     )
     text = stopped.texts[0]
-    assert stopped.finished[0] and not free.texts[0] == text
+    assert stopped.finished[0] and free.texts[0] != text
     assert text.endswith(stop) and text == free.texts[0][: first + len(stop)]
     assert len(stopped.token_offsets[0]) == len(stopped.completion_tokens[0])
     _check_offsets(text, stopped.token_offsets[0])

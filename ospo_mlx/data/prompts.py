@@ -24,8 +24,8 @@ QUERY_EXPANSION_INSTRUCTION = (
 
 # The controlled choice task (data/choice.py): the answer copies phrases from the list.
 CHOICE_INSTRUCTION = (
-    "Query: {query}\nCandidate attributes: {candidates}\n\nWhich of these attributes does "
-    "this shopper want? Write only those, separated by commas, inside {open}...{close}."
+    "Query: {query}\nOptions: {candidates}\nName only the options this shopper wants, "
+    "comma separated, inside {open}...{close}."
 )
 
 SHOPPER_PROFILE_INSTRUCTION = (
