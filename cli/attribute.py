@@ -19,14 +19,16 @@ def attribute(
         None, "--task-json", help="The task as one JSON object instead of --tasks/--task."
     ),
     segmenter: str = typer.Option("phrase", "--segmenter", help="phrase, sentence, word or regex."),
+    estimator: str = typer.Option(
+        "shapley", "--estimator", help="shapley (exact or kernel) or contiguous (the paper's)."
+    ),
     max_coalitions: int = typer.Option(
         64, "--max-coalitions", help="Coalitions evaluated (sampled above this)."
     ),
     max_width: int | None = typer.Option(
-        None, "--max-width", help="Widest contiguous coalition (default: all)."
+        None, "--max-width", help="contiguous estimator: widest window (default: all)."
     ),
     coalition_text: str = typer.Option("drop", "--coalition-text", help="drop or keep-gaps."),
-    empty_value: str = typer.Option("zero", "--empty-value", help="zero or query."),
     mode: str = typer.Option(
         "pool", "--mode", help="pool (the task's candidates) or catalog (whole catalog)."
     ),
@@ -43,6 +45,7 @@ def attribute(
     """Print the segments, each coalition's text and v(S), and each segment's Owen value."""
     from rich.console import Console
 
+    from ospo_mlx.attribution.config import AttributionConfig
     from ospo_mlx.data.schema import load_catalog, load_tasks, task_from_dict
     from ospo_mlx.errors import OspoError
     from ospo_mlx.reward.coalitions import attribute_response, token_counts
@@ -64,17 +67,12 @@ def attribute(
         raise OspoError("pass --tasks FILE --task ID, or --task-json '{...}'")
     if mode == "pool" and the_task.pool is None:
         mode = "catalog"  # a task without candidates is ranked against the whole catalog
-    config = RewardConfig(mode=mode, coalition_text=coalition_text, empty_value=empty_value)
-    reward = build_reward(products, config, encoder_dir=encoder, index_dir=index)
-    attr = attribute_response(
-        reward,
-        response,
-        the_task,
-        segmenter=segmenter,
-        max_coalitions=max_coalitions,
-        max_width=max_width,
-        seed=seed,
+    config = RewardConfig(mode=mode, coalition_text=coalition_text)
+    credit = AttributionConfig(
+        segmenter=segmenter, estimator=estimator, max_coalitions=max_coalitions, max_width=max_width
     )
+    reward = build_reward(products, config, encoder_dir=encoder, index_dir=index)
+    attr = attribute_response(reward, response, the_task, credit, seed=seed)
     if as_json:
         typer.echo(
             json.dumps(
@@ -88,6 +86,8 @@ def attribute(
                     "coalition_texts": attr.coalition_texts,
                     "values": attr.values.tolist(),
                     "owen": attr.owen.tolist(),
+                    "baseline": attr.baseline,
+                    "exact": attr.exact,
                     "unpaired": attr.unpaired,
                 }
             )
@@ -97,6 +97,12 @@ def attribute(
     console.print(
         f"[bold]task[/] {the_task.id} ({the_task.kind})   [bold]{reward.reward_metric}[/] {attr.reward:.4f}   "
         f"[bold]mode[/] {mode}   [bold]retriever[/] {reward.retriever.name}"
+    )
+    console.print(
+        f"[bold]v(empty)[/] {attr.baseline:.4f} (the score with no answer)   "
+        f"[bold]sum of values[/] {attr.owen.sum():+.4f} (reward - v(empty) "
+        f"{attr.reward - attr.baseline:+.4f})   "
+        + ("[green]exact Shapley values[/]" if attr.exact else f"[bold]estimator[/] {estimator}")
     )
     console.print(
         coalition_table(

@@ -17,10 +17,12 @@ from typing import Any, Literal
 
 import yaml
 
+from ospo_mlx.attribution.config import AttributionConfig
 from ospo_mlx.data.prompts import PromptConfig
 from ospo_mlx.errors import ConfigError
 from ospo_mlx.options import apply_options, nest, parse_override
 from ospo_mlx.reward.retrieval import RewardConfig as RetrievalRewardConfig
+from ospo_mlx.reward.retrieval import legacy_empty_value
 
 
 @dataclass
@@ -131,41 +133,6 @@ class RewardConfig(RetrievalRewardConfig):
         return RetrievalRewardConfig(
             **{k: v for k, v in dataclasses.asdict(self).items() if k in names}
         )
-
-
-@dataclass
-class AttributionConfig:
-    segmenter: str = field(
-        default="phrase", metadata={"help": "How answers are split: phrase, sentence, regex."}
-    )
-    max_coalitions: int = field(
-        default=16, metadata={"help": "Coalitions evaluated per completion."}
-    )
-    max_width: int | None = field(
-        default=None, metadata={"help": "Widest contiguous coalition; null = any width."}
-    )
-    advantage_mode: Literal["prop", "rank", "hybrid"] = field(
-        default="prop",
-        metadata={"help": "How Owen values become token weights: prop, rank or hybrid."},
-    )
-    alpha: float = field(default=0.5, metadata={"help": "Mixing weight of the hybrid mode."})
-    clip: float | None = field(
-        default=None, metadata={"help": "Clip token advantages to [-clip, clip]; null = off."}
-    )
-    floor: float = field(
-        default=0.0, metadata={"help": "Weight of tokens outside every segment (0..1)."}
-    )
-    format_tokens: Literal["sequence", "floor"] = field(
-        default="sequence",
-        metadata={
-            "help": "Tokens outside every segment (answer tags, reasoning, EOS): sequence keeps "
-            "their GRPO advantage A; floor gives them the `floor` weight in the split (the "
-            "paper's form: with floor 0 closing the answer is never reinforced)."
-        },
-    )
-    max_segments: int | None = field(
-        default=None, metadata={"help": "Merge adjacent segments down to this many; null = no cap."}
-    )
 
 
 @dataclass
@@ -313,7 +280,6 @@ def validate(config: TrainConfig) -> TrainConfig:
         "optim.num_iterations": o.num_iterations,
         "optim.gradient_accumulation_steps": o.gradient_accumulation_steps,
         "sampling.max_new_tokens": s.max_new_tokens,
-        "attribution.max_coalitions": a.max_coalitions,
         "lora.rank": lo.rank,
         "run.save_every": config.run.save_every,
     }
@@ -359,12 +325,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(
             f"lora.num_layers: use a positive count or -1 for all, got {lo.num_layers}"
         )
-    if a.max_width is not None and a.max_width < 1:
-        raise ConfigError(f"attribution.max_width: must be at least 1 or null, got {a.max_width}")
-    if not 0 <= a.floor <= 1 or not 0 <= a.alpha <= 1:
-        raise ConfigError("attribution.floor and attribution.alpha: must be in [0, 1]")
-    if a.clip is not None and a.clip <= 0:
-        raise ConfigError(f"attribution.clip: must be > 0 or null, got {a.clip}")
+    a.validate()
     try:
         config.reward.reward_config().validate()
     except ConfigError as exc:
@@ -423,7 +384,7 @@ def load_config(
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from `to_dict()` output (e.g. a run's config.yaml)."""
     config = TrainConfig()
-    apply_options(config, data, moved=MOVED_KEYS)
+    apply_options(config, legacy_empty_value(data), moved=MOVED_KEYS)
     return validate(config)
 
 

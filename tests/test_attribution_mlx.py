@@ -70,16 +70,27 @@ def ragged_token_batch(rng: np.random.Generator, b: int):
 
 
 @SETTINGS
-@given(st.integers(1, 8), st.integers(0, 2**32 - 1), st.sampled_from([0.0, 0.1, 1.0]))
-def test_token_weights_batch_parity(b, seed, floor):
+@given(
+    st.integers(1, 8),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.0, 0.1, 1.0]),
+    st.sampled_from(["zero", "minmax", "softmax"]),
+    st.sampled_from(["mirror", "paper"]),
+)
+def test_token_weights_batch_parity(b, seed, floor, normalize, rule):
     rng = np.random.default_rng(seed)
     spans, offsets, phis = ragged_token_batch(rng, b)
+    adv = rng.normal(size=b).astype(np.float32)
     sp, sv = mlx_ops.pack_ragged(spans)
     off, tv = mlx_ops.pack_ragged(offsets)
     phi, _ = mlx_ops.pack_ragged(phis, dtype=mx.float32)
-    out = np.array(mlx_ops.token_weights_batch(sp, sv, off, tv, phi, floor=floor))
+    signed = mlx_ops.signed_values_batch(phi, mx.array(adv), rule)
+    out = np.array(
+        mlx_ops.token_weights_batch(sp, sv, off, tv, signed, floor, normalize, temperature=0.5)
+    )
     for i in range(b):
-        ref = credit.token_weights(spans[i], offsets[i], phis[i], floor=floor)
+        ref_phi = credit.signed_values(phis[i], float(adv[i]), rule)
+        ref = credit.token_weights(spans[i], offsets[i], ref_phi, floor, normalize, 0.5)
         np.testing.assert_allclose(out[i, : len(ref)], ref, atol=ATOL)
         assert (out[i, len(ref) :] == 0).all()
 
@@ -193,3 +204,26 @@ def test_end_to_end_batch_matches_reference():
     adv = mlx_ops.grpo_advantages(mx.array(rewards), g)
     out = mlx_ops.ospo_token_advantages(adv, weights, tv, "prop", mx.array(rewards))
     np.testing.assert_allclose(np.array(out), ref, atol=1e-4)
+
+
+@SETTINGS
+@given(
+    st.lists(st.integers(1, 11), min_size=1, max_size=5),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([8, 24, 64]),
+)
+def test_kernel_shapley_batch_parity(sizes, seed, budget):
+    from ospo_mlx.attribution.estimators import kernel_shapley, shapley_coalitions
+
+    rng = np.random.default_rng(seed)
+    masks, values, refs = [], [], []
+    for n in sizes:
+        v = rng.normal(scale=0.3, size=1 << n)
+        m = shapley_coalitions(n, budget, rng)
+        masks.append(m)
+        values.append(reference.coalition_values(v, m))
+        refs.append(kernel_shapley(m, values[-1]))
+    out = np.array(mlx_ops.kernel_shapley_batch(*mlx_ops.pack_coalitions(masks, values)))
+    for i, ref in enumerate(refs):
+        np.testing.assert_allclose(out[i, : len(ref)], ref, atol=1e-4)
+        assert (out[i, len(ref) :] == 0).all()

@@ -24,6 +24,12 @@ SCRIPTS = [
     ("update", [], False, []),
     ("step_overhead", [], False, ["ospo_grpo_ratio"]),
     (
+        "fidelity",
+        [],
+        True,
+        ["estimator_spearman", "estimator_top1", "planted_top1", "query_bias", "by_source"],
+    ),
+    (
         "learning",
         ["--steps", "2", "--sft-steps", "2", "--test-tasks", "4", "--train-tasks", "16"],
         True,

@@ -8,13 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ospo_mlx.attribution.credit import (
-    CreditConfig,
     grpo_advantages,
     normalize_values,
     ospo_token_advantages,
     segment_token_mask,
-    token_weights,
+    signed_values,
 )
+from ospo_mlx.attribution.credit import token_weights as _token_weights
 from ospo_mlx.errors import ConfigError
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -38,6 +38,11 @@ def batches(draw, max_b: int = 6, max_t: int = 12):
 
 
 # ---- token weights ------------------------------------------------------------------------
+
+
+def token_weights(*args, **kwargs):
+    """The paper's min-max normalization, which these hand computations assume."""
+    return _token_weights(*args, **{"normalize": "minmax", **kwargs})
 
 
 def test_token_weights_by_hand():
@@ -93,7 +98,13 @@ def test_token_weights_validation():
         token_weights([(0, 2)], [(3, 1)], np.ones(1))
     with pytest.raises(ConfigError):
         token_weights([(0, 2)], [(0, 1)], np.ones(1), floor=2.0)
-    np.testing.assert_allclose(normalize_values(np.array([2.0, 4.0, 3.0])), [0, 1, 0.5])
+    np.testing.assert_allclose(
+        normalize_values(np.array([2.0, 4.0, 3.0]), "minmax"), [0, 1, 0.5]
+    )
+    with pytest.raises(ConfigError):
+        normalize_values(np.ones(2), "rank")
+    with pytest.raises(ConfigError):
+        signed_values(np.ones(2), -1.0, "flip")
 
 
 # ---- GRPO advantages ----------------------------------------------------------------------
@@ -203,9 +214,6 @@ def test_empty_rows_and_validation():
         ospo_token_advantages(np.ones(1), np.ones((1, 2)), np.ones((1, 2), bool), alpha=2.0)
     with pytest.raises(ValueError):
         ospo_token_advantages(np.ones(2), np.ones((1, 2)), np.ones((1, 2), bool))
-    assert CreditConfig().validate().mode == "prop"
-    with pytest.raises(ConfigError):
-        CreditConfig(floor=-1).validate()
 
 
 # ---- format tokens keep the sequence advantage (in_segments) ------------------------------
@@ -253,3 +261,73 @@ def test_segment_token_mask_marks_the_tokens_weighted_by_segments():
     np.testing.assert_array_equal(w[~mask], 0.25)  # exactly the floor tokens
     assert text[8:17] == "red shoes" and text[19:25] == "size 9"
     assert not segment_token_mask([], offsets).any()
+
+
+# ---- normalizations and the negative-advantage rule (issue: credit fidelity) ---------------
+
+
+def one_token_per_segment(phi, advantage, normalize, rule):
+    """Token advantages of a completion whose n tokens are its n segments, one each."""
+    n = len(phi)
+    spans = [(2 * j, 2 * j + 1) for j in range(n)]
+    signed = signed_values(np.asarray(phi), advantage, rule)
+    w = _token_weights(spans, spans, signed, normalize=normalize)
+    return ospo_token_advantages(np.array([advantage]), w[None], np.ones((1, n), bool))[0]
+
+
+def test_paper_rule_pushes_the_helpful_segment_down_most():
+    # The review's example: A = -1, phi = [0.20, 0.02, -0.10].
+    out = one_token_per_segment([0.20, 0.02, -0.10], -1.0, "minmax", "paper")
+    np.testing.assert_allclose(out, [-3 / 1.4, -1.2 / 1.4, 0.0])
+
+
+def test_mirror_rule_blames_the_segment_that_hurt():
+    phi = [0.20, 0.02, -0.10]
+    # min-max of -phi = [-0.2, -0.02, 0.1] -> [0, 0.6, 1]: p = [0, 0.375, 0.625].
+    np.testing.assert_allclose(
+        one_token_per_segment(phi, -1.0, "minmax", "mirror"), [0.0, -1.125, -1.875]
+    )
+    # Anchored at zero, only the segment that hurt (phi < 0) takes the blame.
+    np.testing.assert_allclose(one_token_per_segment(phi, -1.0, "zero", "mirror"), [0, 0, -3.0])
+    # A positive advantage is shared by the segments that helped, in proportion.
+    np.testing.assert_allclose(
+        one_token_per_segment(phi, 1.0, "zero", "mirror"), [3 * 0.2 / 0.22, 3 * 0.02 / 0.22, 0]
+    )
+
+
+def test_zero_anchored_weights_are_not_all_or_nothing():
+    # phi = [0.30, 0.31]: min-max hands everything to one segment, anchored at 0 splits evenly.
+    np.testing.assert_allclose(one_token_per_segment([0.30, 0.31], 1.0, "minmax", "mirror"), [0, 2])
+    np.testing.assert_allclose(
+        one_token_per_segment([0.30, 0.31], 1.0, "zero", "mirror"), [2 * 30 / 61, 2 * 31 / 61]
+    )
+    # No segment helped: no preference, the advantage spreads uniformly (GRPO).
+    np.testing.assert_allclose(one_token_per_segment([-0.1, 0.0], 1.0, "zero", "mirror"), [1, 1])
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.sampled_from(("zero", "minmax", "softmax")))
+def test_normalizations_keep_order_and_unit_range(seed, method):
+    rng = np.random.default_rng(seed)
+    phi = rng.normal(scale=0.2, size=rng.integers(1, 9))
+    w = normalize_values(phi, method, temperature=0.1)
+    assert ((w >= 0) & (w <= 1 + 1e-12)).all()
+    # Weakly monotone in phi, and the best segment gets 1 unless nothing helped (zero).
+    order = np.argsort(phi, kind="stable")
+    assert (np.diff(w[order]) >= -1e-12).all()
+    if method != "zero" or phi.max() > 1e-12:
+        assert w.max() == pytest.approx(1.0)
+    else:
+        assert (w == 0).all()
+    if method == "zero":
+        np.testing.assert_allclose(w, np.clip(phi, 0, None) / max(phi.max(), 1e-300) * (phi.max() > 1e-12))
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.floats(-3, 3).filter(lambda a: abs(a) > 1e-3))
+def test_mirror_is_the_paper_rule_on_negated_values(seed, advantage):
+    phi = np.random.default_rng(seed).normal(size=5)
+    paper = signed_values(phi, advantage, "paper")
+    mirror = signed_values(phi, advantage, "mirror")
+    np.testing.assert_array_equal(paper, phi)
+    np.testing.assert_array_equal(mirror, phi if advantage > 0 else -phi)

@@ -267,3 +267,16 @@ def test_esci_csv_reader_raises_only_user_errors(tmp_path, header, body):
         return
     assert all(isinstance(p, Product) for p in products.values())
     assert all(lab.product_id and lab.query_id for lab in labels)
+
+
+def test_a_token_that_completes_a_character_and_starts_another_owns_the_first():
+    """Review defect: such a byte token got a zero-width span, so it took no segment's credit."""
+    from ospo_mlx.train.rollout import decode_with_offsets
+
+    raw = "a防水b".encode()  # 1 + 3 + 3 + 1 bytes
+    chunks = [raw[0:2], raw[2:5], raw[5:8]]  # "a"+1/3 of 防 | 2/3 of 防 + 1/3 of 水 | rest
+    decode = lambda t: b"".join(chunks[i] for i in t).decode("utf-8", "replace")  # noqa: E731
+    for context in (1, 4):
+        out, offsets = decode_with_offsets(decode, [0, 1, 2], context=context)
+        assert out == "a防水b"
+        assert offsets == [(0, 1), (1, 2), (2, 4)]

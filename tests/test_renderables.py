@@ -205,3 +205,17 @@ def test_static_views_default_to_the_last_step_best_member(run):
         static_views(reader, step=9)
     with pytest.raises(DataError, match="no group 5"):
         static_views(reader, step=1, group=5)
+
+
+def test_credit_check_flags_a_baseline_that_misses_the_query():
+    from ospo_mlx.ui.renderables import credit_check
+
+    coalitions = [[], [0], [1], [0, 1]]
+    # The old defect: v(empty) = 0 while every single segment already scores the query's 0.8.
+    bad = credit_check([0.42, 0.42], coalitions, [0.0, 0.8, 0.8, 0.84]).plain
+    assert "baseline misses" in bad and "gap +0.0000" in bad
+    good = credit_check([0.01, 0.03], coalitions, [0.8, 0.81, 0.83, 0.84]).plain
+    assert "⚠" not in good and "v(∅) 0.8000" in good
+    off = credit_check([0.3, 0.3], coalitions, [0.8, 0.81, 0.83, 0.84]).plain
+    assert "do not add up" in off
+    assert credit_check([0.1], [[0]], [0.5]).plain == ""  # no baseline row: nothing to check

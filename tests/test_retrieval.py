@@ -11,6 +11,7 @@ from ospo_mlx.data.schema import Product, Task
 from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.reward import BM25Retriever, RetrievalReward, RewardConfig, coalition_text
 from ospo_mlx.reward.index import CatalogIndex
+from ospo_mlx.reward.retrieval import legacy_empty_value
 from ospo_mlx.reward.retrievers import DenseRetriever
 
 TITLES = [
@@ -68,10 +69,10 @@ def _inputs(responses, n_max=64, seed=0):
 
 @pytest.mark.parametrize("mode", ["pool", "catalog"])
 @pytest.mark.parametrize("strategy", ["drop", "keep-gaps"])
-@pytest.mark.parametrize("empty", ["zero", "query"])
-def test_vectorized_matches_sequential(dense, tasks, mode, strategy, empty):
+@pytest.mark.parametrize("prepend", [None, False])
+def test_vectorized_matches_sequential(dense, tasks, mode, strategy, prepend):
     reward = RetrievalReward(
-        dense, RewardConfig(mode=mode, coalition_text=strategy, empty_value=empty)
+        dense, RewardConfig(mode=mode, coalition_text=strategy, prepend_query=prepend)
     )
     segs, masks = _inputs(RESPONSES)
     fast = reward.coalition_values(RESPONSES, segs, masks, tasks)
@@ -107,21 +108,45 @@ def test_dedupe_reduces_encoder_work(dense, tasks):
     assert enc.texts_encoded - before_texts == sum(t is not None for t in texts)
 
 
-def test_empty_coalition_modes(dense, tasks, catalog):
+def test_empty_coalition_is_the_query_alone_when_it_is_prepended(dense, tasks, catalog):
     segs, masks = _inputs(RESPONSES[:1])
-    zero = RetrievalReward(dense, RewardConfig(empty_value="zero"))
-    query = RetrievalReward(dense, RewardConfig(empty_value="query"))
+    prepended = RetrievalReward(dense, RewardConfig())
+    bare = RetrievalReward(dense, RewardConfig(prepend_query=False))
     assert not masks[0][0].any()  # row 0 is the empty coalition
-    v_zero = zero.coalition_values(RESPONSES[:1], segs, masks, tasks[:1])[0]
-    v_query = query.coalition_values(RESPONSES[:1], segs, masks, tasks[:1])[0]
-    raw = query.score(
-        ["<answer></answer>"],
-        [Task("q", "query_expansion", tasks[0].targets, query="headphones", pool=tasks[0].pool)],
-    )
-    assert v_zero[0] == 0.0 and v_query[0] == pytest.approx(raw[0]) and raw[0] > 0
-    np.testing.assert_allclose(v_zero[1:], v_query[1:])
+    v_query = prepended.coalition_values(RESPONSES[:1], segs, masks, tasks[:1])[0]
+    v_bare = bare.coalition_values(RESPONSES[:1], segs, masks, tasks[:1])[0]
+    raw = prepended.score(["<answer></answer>"], tasks[:1])
+    # v(empty) is scored like every other coalition: the query with no answer after it.
+    assert v_query[0] == pytest.approx(raw[0]) and raw[0] > 0
+    assert v_bare[0] == 0.0
     profile = Task("u1", "shopper_profile", {"p4": 1.0}, history=[], pool=tasks[0].pool)
-    assert query.empty_text(profile) is None  # shopper profiles: the empty text is worth 0
+    assert prepended.empty_text(profile) is None  # shopper profiles: the empty text is worth 0
+
+
+def test_inconsistent_empty_value_is_refused():
+    with pytest.raises(ConfigError, match="prepended"):
+        RewardConfig(empty_value="zero").validate()
+    with pytest.raises(ConfigError, match="prepend_query is false"):
+        RewardConfig(empty_value="query", prepend_query=False).validate()
+    RewardConfig(empty_value="zero", prepend_query=False).validate()  # consistent: allowed
+    RewardConfig(empty_value="query", prepend_query=True).validate()
+    # An old run's config (zero was the default) still loads, mapped to the consistent rule.
+    old = legacy_empty_value({"reward": {"empty_value": "zero", "prepend_query": None}})
+    assert old["reward"]["empty_value"] == "auto"
+
+
+def test_a_segment_without_effect_gets_no_credit(dense, tasks):
+    """The review's defect: with v(empty) = 0 and the query prepended, a segment that repeats
+    the query took the query's whole score as its credit."""
+    task = tasks[0]
+    response = f"<answer>{task.query}</answer>"
+    reward = RetrievalReward(dense, RewardConfig())
+    spans = segment(response, "phrase")
+    masks = np.array([[False] * len(spans), [True] * len(spans)])
+    values = reward.coalition_values([response], [spans], [masks], [task])[0]
+    q = float(reward.score(["<answer></answer>"], [task])[0])
+    assert q > 0.1  # the query alone retrieves well, so the old rule's error would be large
+    assert abs((values[1] - values[0]) / len(spans)) < 0.05 < q
 
 
 def test_coalition_text_strategies():

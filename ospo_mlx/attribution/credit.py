@@ -8,45 +8,16 @@ that its mean over each completion's valid tokens is unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from ospo_mlx.attribution.config import ADVANTAGE_MODES as MODES
+from ospo_mlx.attribution.config import NEGATIVE_RULES, NORMALIZATIONS
 from ospo_mlx.errors import ConfigError
 
-MODES = ("prop", "rank", "hybrid", "uniform")
 SCALES = ("group", "batch", "none")
 # |R| below this counts as a zero reward: shaping by it would erase the advantage.
 ZERO_REWARD = 1e-12
-
-
-@dataclass(frozen=True)
-class CreditConfig:
-    """How segment values turn into token advantages."""
-
-    mode: str = field(
-        default="prop",
-        metadata={"help": "prop (credit-proportional), rank, hybrid or uniform (plain GRPO)"},
-    )
-    alpha: float = field(
-        default=0.5, metadata={"help": "hybrid mode: weight of the proportional part (0..1)"}
-    )
-    clip: float | None = field(
-        default=None,
-        metadata={"help": "clip token advantages to +/- clip * std of sequence advantages"},
-    )
-    floor: float = field(
-        default=0.0, metadata={"help": "weight (0..1) of tokens outside every segment"}
-    )
-    scale_rewards: str = field(
-        default="group", metadata={"help": "advantage scaling: group, batch or none (as TRL)"}
-    )
-
-    def validate(self) -> CreditConfig:
-        _check_mode(self.mode, self.alpha, self.clip)
-        _check_floor(self.floor)
-        _check_scale(self.scale_rewards)
-        return self
 
 
 def _check_mode(mode: str, alpha: float, clip: float | None) -> None:
@@ -73,15 +44,42 @@ def _check_scale(scale: str | bool) -> str:
     return scale
 
 
-def normalize_values(phi: np.ndarray) -> np.ndarray:
-    """Min-max scale segment values to [0, 1]; a constant vector becomes all ones (uniform)."""
+def normalize_values(
+    phi: np.ndarray, method: str = "zero", temperature: float = 0.05
+) -> np.ndarray:
+    """Segment values -> weights in [0, 1] (see `AttributionConfig.normalize`).
+
+    zero: phi+ / max(phi+), so a segment with no or negative effect gets 0 and the others keep
+    their proportions (all <= 0: all zeros, and the caller falls back to uniform). minmax: the
+    paper's (phi - min) / (max - min), a constant vector becoming all ones. softmax:
+    exp((phi - max) / temperature).
+    """
+    if method not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {method!r}; use one of {', '.join(NORMALIZATIONS)}")
     phi = np.asarray(phi, dtype=np.float64)
     if phi.size == 0:
         return phi
-    lo, hi = phi.min(), phi.max()
+    hi = phi.max()
+    if method == "softmax":
+        return np.exp((phi - hi) / temperature)
+    if method == "zero":
+        return np.clip(phi, 0.0, None) / hi if hi > 1e-12 else np.zeros_like(phi)
+    lo = phi.min()
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         return np.ones_like(phi)
     return (phi - lo) / (hi - lo)
+
+
+def signed_values(phi: np.ndarray, advantage: float, rule: str = "mirror") -> np.ndarray:
+    """The values whose weights share advantage A: `-phi` when A < 0 under the mirror rule.
+
+    With A < 0 the tokens with the largest weight are pushed down most, so mirroring puts the
+    blame on the segment that hurt the reward; the paper's rule keeps phi for every sign.
+    """
+    if rule not in NEGATIVE_RULES:
+        raise ConfigError(f"unknown negative-advantage rule {rule!r}; use one of {NEGATIVE_RULES}")
+    phi = np.asarray(phi, dtype=np.float64)
+    return -phi if rule == "mirror" and advantage < 0 else phi
 
 
 def _token_segment_overlap(spans: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,11 +107,13 @@ def token_weights(
     token_offsets: np.ndarray | Sequence[tuple[int, int]],
     phi: np.ndarray,
     floor: float = 0.0,
+    normalize: str = "zero",
+    temperature: float = 0.05,
 ) -> np.ndarray:
     """Per-token weights `(T,)` in [0, 1] from segment values `phi (n,)`.
 
     `token_offsets (T, 2)` are the character spans of the sampled tokens in the completion text.
-    A token takes the overlap-weighted mean of the normalized values of the segments it overlaps
+    A token takes the overlap-weighted mean of the `normalize`d values of the segments it overlaps
     (so a leading space does not dilute it); a zero-width token strictly inside a segment (a
     byte piece of a multi-byte character) takes that segment's value; every other token
     (outside all segments, special tokens) gets `floor`.
@@ -129,7 +129,7 @@ def token_weights(
     weights = np.full(len(offsets), float(floor))
     if len(spans_a) == 0 or len(offsets) == 0:
         return weights
-    norm = normalize_values(phi)
+    norm = normalize_values(phi, normalize, temperature)
     overlap, inside = _token_segment_overlap(spans_a, offsets)
     total = overlap.sum(1)
     # Fractions first: a token inside one segment gets exactly its value (rank mode needs ties).

@@ -8,11 +8,14 @@ function matches its NumPy reference in `reference.py` / `credit.py` (tested to 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import comb
 
 import mlx.core as mx
 import numpy as np
 
+from ospo_mlx.attribution.config import NEGATIVE_RULES, NORMALIZATIONS
 from ospo_mlx.attribution.credit import ZERO_REWARD, _check_floor, _check_mode, _check_scale
+from ospo_mlx.errors import ConfigError
 
 
 def pack_ragged(
@@ -105,16 +108,92 @@ def owen_contiguous_batch(
     return phi
 
 
-def normalize_values_batch(phi: mx.array, valid: mx.array) -> mx.array:
-    """Per-row min-max scaling to [0, 1] over valid entries; constant rows become ones."""
+def kernel_shapley_batch(
+    masks: mx.array,
+    values: mx.array,
+    coalition_valid: mx.array,
+    player_valid: mx.array,
+    ridge: float = 1e-9,
+) -> mx.array:
+    """Batched `estimators.kernel_shapley`: `phi (B, N)` from distinct coalitions per row.
+
+    Each row must hold its empty and full coalition once (as `sample_coalitions` makes them).
+    The constrained weighted least squares is solved through its KKT system in one batched
+    solve; padded players get 0. `ridge` keeps rows with no inner coalition solvable.
+    """
+    cv = coalition_valid.astype(mx.bool_)
+    pv = player_valid.astype(mx.bool_)
+    z = (masks.astype(mx.bool_) & cv[:, :, None] & pv[:, None, :]).astype(mx.float32)
+    v = values.astype(mx.float32)
+    size = z.sum(-1)  # (B, C)
+    n = pv.sum(-1).astype(mx.float32)  # (B,)
+    empty = cv & (size == 0)
+    full = cv & (size == n[:, None])
+    v0 = (v * empty).sum(-1)
+    delta = (v * full).sum(-1) - v0
+    inner = cv & (size > 0) & (size < n[:, None])
+    n_max = z.shape[-1]
+    table = np.array([[comb(a, k) for k in range(n_max + 1)] for a in range(n_max + 1)], float)
+    sizes = mx.arange(n_max + 1)
+    n_int = n.astype(mx.int32)
+    binom = mx.array(table.astype(np.float32))[n_int]  # (B, n_max + 1): C(n, s)
+    s_f = sizes.astype(mx.float32)[None, :]
+    ok = (s_f > 0) & (s_f < n[:, None])
+    k = mx.where(ok, (n[:, None] - 1) / mx.maximum(binom * s_f * (n[:, None] - s_f), 1.0), 0.0)
+    counts = (inner[:, :, None] & (size[:, :, None] == s_f[:, None, :])).sum(1)  # (B, S)
+    complete = ok & (counts == binom)
+    sampled_mass = mx.where(ok & ~complete, k * binom, 0.0).sum(-1)
+    n_sampled = mx.where(complete, 0, counts).sum(-1).astype(mx.float32)
+    size_i = size.astype(mx.int32)
+    k_row = mx.take_along_axis(k, size_i, axis=-1)
+    complete_row = mx.take_along_axis(complete, size_i, axis=-1)
+    share = sampled_mass / mx.maximum(n_sampled, 1.0)
+    w = mx.where(inner, mx.where(complete_row, k_row, share[:, None]), 0.0)
+    y = v - v0[:, None]
+    zw = z * w[:, :, None]
+    gram = zw.transpose(0, 2, 1) @ z  # (B, N, N)
+    rhs = (zw * y[:, :, None]).sum(1)  # (B, N)
+    eye = mx.eye(n_max)
+    pvf = pv.astype(mx.float32)
+    gram = gram * (pvf[:, :, None] * pvf[:, None, :]) + eye * (1.0 - pvf)[:, None, :] + ridge * eye
+    ones = pvf[:, :, None]
+    top = mx.concatenate([gram, ones], axis=-1)
+    bottom = mx.concatenate([pvf[:, None, :], mx.zeros((pvf.shape[0], 1, 1))], axis=-1)
+    kkt = mx.concatenate([top, bottom], axis=1)
+    b = mx.concatenate([rhs * pvf, delta[:, None]], axis=-1)
+    sol = mx.linalg.solve(kkt, b[:, :, None], stream=mx.cpu)[:, :n_max, 0]
+    return mx.where(pv, sol, 0.0)
+
+
+def normalize_values_batch(
+    phi: mx.array, valid: mx.array, method: str = "zero", temperature: float = 0.05
+) -> mx.array:
+    """Per-row `credit.normalize_values` over valid entries (zero, minmax or softmax)."""
+    if method not in NORMALIZATIONS:
+        raise ConfigError(f"unknown normalization {method!r}; use one of {', '.join(NORMALIZATIONS)}")
     valid = valid.astype(mx.bool_)
     phi = phi.astype(mx.float32)
-    lo = mx.min(mx.where(valid, phi, mx.inf), axis=-1, keepdims=True)
     hi = mx.max(mx.where(valid, phi, -mx.inf), axis=-1, keepdims=True)
-    spread = hi - lo
-    flat = spread <= 1e-12 * mx.maximum(1.0, mx.abs(hi))
-    norm = mx.where(flat, 1.0, (phi - lo) / mx.where(flat, 1.0, spread))
+    if method == "softmax":
+        norm = mx.exp((phi - hi) / temperature)
+    elif method == "zero":
+        pos = hi > 1e-12
+        norm = mx.where(pos, mx.maximum(phi, 0.0) / mx.where(pos, hi, 1.0), 0.0)
+    else:
+        lo = mx.min(mx.where(valid, phi, mx.inf), axis=-1, keepdims=True)
+        spread = hi - lo
+        flat = spread <= 1e-12 * mx.maximum(1.0, mx.abs(hi))
+        norm = mx.where(flat, 1.0, (phi - lo) / mx.where(flat, 1.0, spread))
     return mx.where(valid, norm, 0.0)
+
+
+def signed_values_batch(phi: mx.array, advantages: mx.array, rule: str = "mirror") -> mx.array:
+    """Batched `credit.signed_values`: rows with a negative advantage negated under `mirror`."""
+    if rule not in NEGATIVE_RULES:
+        raise ConfigError(f"unknown negative-advantage rule {rule!r}; use one of {NEGATIVE_RULES}")
+    if rule == "paper":
+        return phi
+    return mx.where(advantages.reshape(-1, 1) < 0, -phi, phi)
 
 
 def token_weights_batch(
@@ -124,6 +203,8 @@ def token_weights_batch(
     token_valid: mx.array,
     phi: mx.array,
     floor: float = 0.0,
+    normalize: str = "zero",
+    temperature: float = 0.05,
 ) -> mx.array:
     """Batched `credit.token_weights`: spans `(B, N, 2)`, offsets `(B, T, 2)`, phi `(B, N)`.
 
@@ -131,7 +212,7 @@ def token_weights_batch(
     """
     _check_floor(floor)
     sv = span_valid.astype(mx.bool_)
-    norm = normalize_values_batch(phi, sv)
+    norm = normalize_values_batch(phi, sv, normalize, temperature)
     a, b = token_offsets[..., 0:1].astype(mx.int32), token_offsets[..., 1:2].astype(mx.int32)
     s = spans[:, None, :, 0].astype(mx.int32)
     e = spans[:, None, :, 1].astype(mx.int32)

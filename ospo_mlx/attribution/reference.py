@@ -8,25 +8,11 @@ bool matrix of coalitions `masks (C, n)` with their values `values (C,)`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from math import factorial
 
 import numpy as np
 
 from ospo_mlx.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class CoalitionConfig:
-    """Which coalitions of segments are evaluated for the sampled (contiguous) Owen estimator."""
-
-    max_width: int | None = field(
-        default=None, metadata={"help": "widest contiguous window of segments (None: all widths)"}
-    )
-    max_coalitions: int | None = field(
-        default=64,
-        metadata={"help": "coalitions evaluated per completion, anchors included (None: all)"},
-    )
 
 
 def _num_players(v: np.ndarray) -> int:

@@ -1,4 +1,4 @@
-"""Attribute one response: segments -> coalitions -> v(S) (one batched pass) -> Owen values.
+"""Attribute one response: segments -> coalitions -> v(S) (one batched pass) -> segment values.
 
 The library side of `ospo attribute`; the trainer does the same for whole batches.
 """
@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ospo_mlx.attribution import contiguous_coalitions, owen_contiguous, segment
+from ospo_mlx.attribution import segment
+from ospo_mlx.attribution.config import AttributionConfig
+from ospo_mlx.attribution.estimators import estimate, sample_coalitions
 from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import OspoError
 from ospo_mlx.reward.retrieval import RetrievalReward
@@ -28,6 +30,13 @@ class Attribution:
     owen: np.ndarray  # (n,)
     unpaired: int  # players with no evaluated (S, S u {j}) pair: their Owen value is 0
     reward: float  # the full response's reward
+    exact: bool = False  # every coalition was evaluated: exact Shapley values
+
+    @property
+    def baseline(self) -> float:
+        """v(empty): the score with no answer (the query alone when it is prepended)."""
+        empty = ~self.masks.any(1)
+        return float(self.values[empty][0]) if empty.any() else 0.0
 
     @property
     def members(self) -> list[list[int]]:
@@ -38,20 +47,22 @@ def attribute_response(
     reward: RetrievalReward,
     response: str,
     task: Task,
+    config: AttributionConfig | None = None,
     *,
-    segmenter: str = "phrase",
-    max_coalitions: int | None = 64,
-    max_width: int | None = None,
     seed: int = 0,
 ) -> Attribution:
-    """Segment `response`, evaluate its contiguous coalitions and their Owen values."""
-    spans = [tuple(s) for s in segment(response, segmenter, answer_tags=reward.config.answer_tags)]
+    """Segment `response`, evaluate its coalitions and estimate each segment's value."""
+    config = (config or AttributionConfig()).validate()
+    spans = [
+        tuple(s)
+        for s in segment(response, config.segmenter, answer_tags=reward.config.answer_tags)
+    ]
     if not spans:
         raise OspoError("the response has no segments to attribute; pass a non-empty --response")
-    masks = contiguous_coalitions(len(spans), max_width, max_coalitions, seed)
+    masks = sample_coalitions(len(spans), config, np.random.default_rng(seed))
     values = reward.coalition_values([response], [spans], [masks], [task])[0]
     texts = [t or "" for t in reward.coalition_texts(response, spans, masks, task)]
-    phi, unpaired = owen_contiguous(masks, values, return_unpaired=True)
+    est = estimate(masks, values, config)
     return Attribution(
         response=response,
         spans=spans,
@@ -59,9 +70,10 @@ def attribute_response(
         masks=masks,
         coalition_texts=texts,
         values=values,
-        owen=np.asarray(phi),
-        unpaired=int(unpaired),
+        owen=est.phi,
+        unpaired=est.unpaired,
         reward=float(reward.score([response], [task])[0]),
+        exact=est.exact,
     )
 
 

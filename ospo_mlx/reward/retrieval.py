@@ -46,9 +46,11 @@ class RewardConfig:
         },
     )
     empty_value: str = field(
-        default="zero",
+        default="auto",
         metadata={
-            "help": "v(empty): zero, or query (the raw query's retrieval quality; 0 for shopper_profile)."
+            "help": "v(empty), the baseline every segment's credit is measured from: auto = the "
+            "score of the retrieval text with no answer (the query alone when it is prepended, "
+            "else 0). zero and query are accepted only where they agree with auto."
         },
     )
     prepend_query: bool | None = field(
@@ -98,7 +100,7 @@ class RewardConfig:
             "metric": M.METRIC_NAMES,
             "mode": ("pool", "catalog"),
             "coalition_text": ("drop", "keep-gaps"),
-            "empty_value": ("zero", "query"),
+            "empty_value": ("auto", "zero", "query"),
             "missing_tags": MISSING_TAGS,
             "unclosed_answer": UNCLOSED_ANSWER,
             "repeats": ("keep", "collapse"),
@@ -111,6 +113,7 @@ class RewardConfig:
                 )
         if self.k < 1:
             raise ConfigError(f"reward.k must be >= 1, got {self.k}")
+        _check_empty_value(self.empty_value, self.prepend_query)
         try:
             for name in self.eval_metrics:
                 M.parse_metric(name)
@@ -121,6 +124,40 @@ class RewardConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+
+
+def _check_empty_value(empty_value: str, prepend_query: bool | None) -> None:
+    """Refuse a v(empty) that disagrees with the text every other coalition is scored with.
+
+    With the query prepended, v({j}) scores 'query + segment j'; a v(empty) of 0 would hand
+    every segment the query's own score, split by how often it was sampled.
+    """
+    if empty_value == "zero" and prepend_query is not False:
+        raise ConfigError(
+            "reward.empty_value: zero scores the empty answer 0 while the query is prepended to "
+            "every other coalition (query-expansion tasks), so credit would follow sampling "
+            "counts; use auto (the default), or set reward.prepend_query: false"
+        )
+    if empty_value == "query" and prepend_query is False:
+        raise ConfigError(
+            "reward.empty_value: query scores the empty answer by the query, but "
+            "reward.prepend_query is false, so no other coalition contains it; use auto"
+        )
+
+
+def legacy_empty_value(data: dict) -> dict:
+    """A run config written before v(empty) followed the retrieval text: map it to `auto`.
+
+    Old runs stored `empty_value: zero` (the inconsistent old default); reading them for eval,
+    export or the inspector must not fail on it.
+    """
+    reward = data.get("reward")
+    if isinstance(reward, dict) and reward.get("empty_value") in ("zero", "query"):
+        try:
+            _check_empty_value(reward["empty_value"], reward.get("prepend_query"))
+        except ConfigError:
+            data = {**data, "reward": {**reward, "empty_value": "auto"}}
+    return data
 
 
 def coalition_text(
@@ -207,10 +244,12 @@ class RetrievalReward:
         return self.scored(response)[0] is None
 
     def empty_text(self, task: Task) -> str | None:
-        """Retrieval text of the empty coalition (None: its value is 0)."""
-        if self.config.empty_value == "query" and task.kind == "query_expansion" and task.query:
-            return task.query
-        return None
+        """Retrieval text of the empty coalition: the query when it is prepended (None: 0).
+
+        The same rule as every other coalition (`with_query` of no answer), so v(empty) is
+        the baseline the segments add to and a segment without effect gets no credit.
+        """
+        return self.with_query("", task) or None
 
     # -- evaluation ----------------------------------------------------------------------
     def _pool_rows(self, task: Task) -> np.ndarray | None:

@@ -1,7 +1,7 @@
-"""One step's credit assignment: segments, coalitions, their values, Owen values, token weights.
+"""One step's credit assignment: segments, coalitions, their values, segment values, weights.
 
-A pure function of the completions, the reward and a random generator; the trainer calls it
-on the completions of its own rank.
+A pure function of the completions, their advantages, the reward and a random generator; the
+trainer calls it on the completions of its own rank.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ospo_mlx.attribution import credit
-from ospo_mlx.attribution.reference import contiguous_coalitions, owen_contiguous
+from ospo_mlx.attribution.config import AttributionConfig
+from ospo_mlx.attribution.estimators import budget, estimate, sample_coalitions
 from ospo_mlx.attribution.segment import SegmenterConfig, segment
 from ospo_mlx.data.schema import Task
 
@@ -28,30 +29,53 @@ class Attribution:
     weights: list[np.ndarray]
     in_segments: list[np.ndarray]  # (T_i,) bool: tokens that overlap a segment
     evaluated: int = 0
+    unpaired: int = 0  # segments whose value no evaluated pair measured (left at 0)
+    budget_raised: int = 0  # completions whose coalition budget was raised to n + 2
+    exact: int = 0  # completions whose values are exact (all 2^n coalitions evaluated)
+
+    def concentration(self) -> float:
+        """Mean share of the top segment in each attributed completion's segment weights.
+
+        1 means all the credit went to one segment; 1/n means it was spread evenly.
+        """
+        shares = [
+            float(np.max(w) / w.sum())
+            for w, v in zip(self.segment_weights(), self.values, strict=True)
+            if len(v) and w.sum() > 0
+        ]
+        return float(np.mean(shares)) if shares else 0.0
+
+    def segment_weights(self) -> list[np.ndarray]:
+        """|phi| per segment (a scale-free view of where the credit went)."""
+        return [np.abs(np.asarray(o, dtype=np.float64)) for o in self.owen]
 
 
 def attribute(
     texts: list[str],
     offsets: list[Any],
     tasks: list[Task],
+    advantages: np.ndarray,
     active: np.ndarray,
     *,
     segmenter: SegmenterConfig,
     reward: Any,
-    config: Any,
+    config: AttributionConfig,
     rng: np.random.Generator,
 ) -> Attribution:
-    """Segments, coalitions, values, Owen values and token weights for each completion.
+    """Segments, coalitions, values, segment values and token weights for each completion.
 
-    Completions with `active` False (zero advantage: nothing to redistribute) keep their
-    segments but evaluate no coalitions; their weights are uniform.
+    Completions with `active` False (zero advantage, a zero reward, or a format-zeroed answer:
+    nothing to redistribute) keep their segments but evaluate no coalitions; their weights are
+    uniform. The sign of `advantages` picks the weights under `config.negative_advantage`.
     """
     a = config
     spans = [segment(t, config=segmenter) for t in texts]
     masks = []
+    raised = 0
     for i, s in enumerate(spans):
         if active[i] and s:
-            masks.append(contiguous_coalitions(len(s), a.max_width, a.max_coalitions, rng))
+            masks.append(sample_coalitions(len(s), a, rng))
+            raised += int(budget(len(s), a) > a.max_coalitions)
         else:
             masks.append(np.zeros((0, len(s)), dtype=bool))
     todo = [i for i, m in enumerate(masks) if len(m)]
@@ -66,11 +90,22 @@ def attribute(
         for i, v in zip(todo, got, strict=True):
             values[i] = np.asarray(v, dtype=np.float64)
     owen, weights, in_segments = [], [], []
+    unpaired = exact = 0
     for i, s in enumerate(spans):
-        phi = owen_contiguous(masks[i], values[i]) if len(masks[i]) else np.ones(len(s))
-        owen.append(np.asarray(phi, dtype=np.float64))
         token_spans = np.asarray(offsets[i]).reshape(-1, 2)
-        weights.append(credit.token_weights(s, token_spans, phi, a.floor))
+        if len(masks[i]):
+            est = estimate(masks[i], values[i], a)
+            phi, unpaired, exact = est.phi, unpaired + est.unpaired, exact + int(est.exact)
+            signed = credit.signed_values(phi, float(advantages[i]), a.negative_advantage)
+            w = credit.token_weights(s, token_spans, signed, a.floor, a.normalize, a.temperature)
+        else:
+            phi = np.ones(len(s))
+            w = credit.token_weights(s, token_spans, phi, a.floor, "minmax")  # uniform
+        owen.append(np.asarray(phi, dtype=np.float64))
+        weights.append(w)
         in_segments.append(credit.segment_token_mask(s, token_spans))
     evaluated = sum(len(masks[i]) for i in todo)
-    return Attribution(spans, masks, values, owen, weights, in_segments, evaluated=evaluated)
+    return Attribution(
+        spans, masks, values, owen, weights, in_segments,
+        evaluated=evaluated, unpaired=unpaired, budget_raised=raised, exact=exact,
+    )  # fmt: skip

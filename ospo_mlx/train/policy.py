@@ -1,7 +1,8 @@
 """The LoRA policy: adapters on a frozen (full-precision or quantized) base, and its log-probs.
 
-The KL reference is the same model with its adapters switched off (`adapters_disabled`), so
-no second copy of the weights is ever held in memory.
+The KL reference is the policy at the start of RL: the same model with its adapters switched
+off (`adapters_disabled`) when RL starts from fresh LoRA (B = 0), or with the starting
+adapters swapped in (`adapters_loaded`); no second copy of the base weights is held in memory.
 """
 
 from __future__ import annotations
@@ -93,6 +94,17 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         if swapped:
             model.update_modules(tree_unflatten(swapped))
+
+
+@contextmanager
+def adapters_loaded(model: nn.Module, weights: dict[str, mx.array]) -> Iterator[nn.Module]:
+    """Temporarily load other adapter weights (e.g. the KL reference's), then restore them."""
+    current = adapter_weights(model)
+    model.load_weights(list(weights.items()), strict=False)
+    try:
+        yield model
+    finally:
+        model.load_weights(list(current.items()), strict=False)
 
 
 def adapter_weights(model: nn.Module) -> dict[str, mx.array]:

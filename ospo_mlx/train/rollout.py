@@ -11,9 +11,10 @@ Conventions:
     and keeps the string in its tokens and text.
   - `token_offsets[i][j] = (start, end)` is token j's character span in `texts[i]`, from
     incremental decoding: the spans tile the text in order (each starts where the previous
-    ends, the last ends at len(text)). A token whose bytes end inside a multi-byte UTF-8
-    character gets the zero-width span (s, s), s the character's start; the token that
-    completes the character owns it. The EOS token gets (len(text), len(text)).
+    ends, the last ends at len(text)). A token owns the characters it completes: one that
+    holds only some bytes of a multi-byte UTF-8 character gets a zero-width span, and one
+    that finishes a character and starts the next owns the finished one. The EOS token gets
+    (len(text), len(text)).
   - The G copies of a prompt share one prefill (the prompt's KV cache is computed once and
     handed to the batch generator G times) unless `share_prompt_prefill` is off.
   - Reproducible: the same seed, inputs and config give the same tokens.
@@ -184,10 +185,11 @@ def decode_with_offsets(
 ) -> tuple[str, list[tuple[int, int]]]:
     """Decode `tokens` and give each token its character span in the text.
 
-    Incremental: each step decodes only a few tokens of context plus the new ones, and
-    emits the new characters once they no longer end in U+FFFD (an incomplete UTF-8
-    sequence). Falls back to exact prefix decoding when the windowed result disagrees with
-    decoding all tokens at once (tokenizers with non-local clean-up rules).
+    Incremental: each step decodes only a few tokens of context plus the new ones, and emits
+    the new characters that are complete (a trailing U+FFFD is an incomplete UTF-8 sequence,
+    left for the token that completes it). So a token whose bytes finish one character and
+    start the next owns the finished one. Falls back to exact prefix decoding when the
+    windowed result disagrees with decoding all tokens at once (non-local clean-up rules).
     """
     tokens = list(tokens)
     spans: list[tuple[int, int]] = []
@@ -197,22 +199,26 @@ def decode_with_offsets(
     prefix_text = ""
     for i in range(len(tokens)):
         new_text = decode(tokens[start : i + 1])
-        if new_text.endswith("\ufffd") or not new_text.startswith(prefix_text):
-            continue  # wait for the rest of the character
-        piece = new_text[len(prefix_text) :]
+        stable = new_text.rstrip("\ufffd")
+        if not stable.startswith(prefix_text):
+            continue  # the window's text changed non-locally: wait for more tokens
+        piece = stable[len(prefix_text) :]
         spans.extend([(length, length)] * (i - read))  # tokens that only held partial bytes
         spans.append((length, length + len(piece)))
         pieces.append(piece)
         length += len(piece)
         read = i + 1
-        start = max(0, read - context)
-        prefix_text = decode(tokens[start:read])
-    if read < len(tokens):  # trailing bytes of an unfinished character (cut by max tokens)
-        tail = decode(tokens[start:])
-        piece = tail[len(prefix_text) :] if tail.startswith(prefix_text) else ""
-        spans.extend([(length, length)] * (len(tokens) - read - 1))
-        spans.append((length, length + len(piece)))
-        pieces.append(piece)
+        if new_text == stable:  # a clean character boundary: slide the window
+            start = max(0, read - context)
+            prefix_text = decode(tokens[start:read])
+        else:  # the incomplete character's bytes stay inside the window
+            prefix_text = stable
+    spans.extend([(length, length)] * (len(tokens) - read))
+    tail = decode(tokens[start:]) if tokens else ""
+    if spans and tail.startswith(prefix_text) and len(tail) > len(prefix_text):
+        extra = tail[len(prefix_text) :]  # bytes never completed (cut by max tokens, invalid)
+        spans[-1] = (spans[-1][0], spans[-1][1] + len(extra))
+        pieces.append(extra)
     text = "".join(pieces)
     full = decode(tokens)
     if text != full:
@@ -223,17 +229,15 @@ def decode_with_offsets(
 def _prefix_offsets(
     decode: Callable[[list[int]], str], tokens: list[int], full: str
 ) -> list[tuple[int, int]]:
-    """Exact (quadratic) spans: token i ends where decode(tokens[:i+1]) ends, kept monotone."""
+    """Exact (quadratic) spans: token i ends where the complete characters of
+    decode(tokens[:i+1]) end, kept monotone."""
     spans = []
     end = 0
     for i in range(len(tokens)):
-        prefix = decode(tokens[: i + 1])
-        if not prefix.endswith("\ufffd"):
-            new_end = min(max(end, len(prefix)), len(full))
-            spans.append((end, new_end))
-            end = new_end
-        else:
-            spans.append((end, end))
+        prefix = decode(tokens[: i + 1]).rstrip("\ufffd")
+        new_end = min(max(end, len(prefix)), len(full))
+        spans.append((end, new_end))
+        end = new_end
     if spans:
         spans[-1] = (spans[-1][0], len(full))
     return spans

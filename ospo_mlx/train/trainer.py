@@ -116,6 +116,8 @@ class Trainer:
 
             load_adapter_weights(self.model, c.model.adapters)
         self.warmed_up = checkpoint is not None or c.warmup.steps == 0
+        # The KL reference: the policy at the start of RL (None: fresh LoRA = adapters off).
+        self.reference_adapters = self._starting_adapters(resumed=checkpoint is not None)
         if c.optim.grad_checkpoint:
             enable_grad_checkpoint(self.model)
         self.prompts = [
@@ -151,6 +153,30 @@ class Trainer:
             if self.world.is_main
             else None
         )
+
+    def _starting_adapters(self, resumed: bool) -> dict[str, mx.array] | None:
+        """Adapters RL started from: the given ones or, on resume, the warm-up's; else None."""
+        from ospo_mlx.train.checkpoint import ADAPTER_FILE
+        from ospo_mlx.train.policy import adapter_weights
+
+        if not resumed:  # MLX arrays are immutable: the optimizer's updates make new ones
+            return adapter_weights(self.model) if self.config.model.adapters else None
+        for directory in (self.run_dir / "warmup", self.config.model.adapters):
+            if directory and (Path(directory) / ADAPTER_FILE).is_file():
+                from ospo_mlx.safety import load_tensors
+
+                return load_tensors(Path(directory) / ADAPTER_FILE, "reference adapters")
+        return None
+
+    def reference_log_probs(self, batch: Any) -> mx.array:
+        """(B, T) log-probs under the KL reference, the policy at the start of RL."""
+        t = self.config.sampling.temperature
+        if self.reference_adapters is None:  # fresh LoRA starts at B = 0: adapters off
+            return sequence_log_probs(self.model, batch, t, reference=True)
+        from ospo_mlx.train.policy import adapters_loaded
+
+        with adapters_loaded(self.model, self.reference_adapters):
+            return sequence_log_probs(self.model, batch, t)
 
     def _drop_long_prompts(self, context: int | None) -> int:
         """Skip tasks whose prompt leaves no room for the completion; returns how many."""
@@ -200,14 +226,19 @@ class Trainer:
     # ------------------------------------------------------------------ attribution
 
     def attribute(
-        self, texts: list[str], offsets: list[Any], tasks: list[Task], active: np.ndarray
+        self,
+        texts: list[str],
+        offsets: list[Any],
+        tasks: list[Task],
+        advantages: np.ndarray,
+        active: np.ndarray,
     ) -> Attribution:
         """Credit for this rank's completions (see train/attribute.py)."""
         # A generator per (seed, rank, step): coalition draws need no saved state to resume.
         rng = np.random.default_rng([self.config.run.seed, self.world.rank, self.step + 1])
         return attribute(
-            texts, offsets, tasks, active, segmenter=self.segmenter, reward=self.reward,
-            config=self.config.attribution, rng=rng,
+            texts, offsets, tasks, advantages, active, segmenter=self.segmenter,
+            reward=self.reward, config=self.config.attribution, rng=rng,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ one step
@@ -258,9 +289,14 @@ class Trainer:
         scored = [self.reward.scored(t) for t in texts]
         status = [st for _, st in scored]
         zeroed = np.array([text is None for text, _ in scored], dtype=bool)
-        # A completion the format rule scored 0 has no content to credit: uniform (GRPO) weights.
-        active = (seq_adv != 0.0) & ~zeroed if c.algorithm == "ospo" else np.ones(len(texts), bool)
-        attr = self.attribute(texts, offsets, tasks, active) if attribute else None
+        # Nothing to redistribute (A = 0), a reward of 0 (uniform fallback) or a format-zeroed
+        # answer (no content to credit): GRPO weights, and no coalition is evaluated for it.
+        active = (
+            (seq_adv != 0.0) & ~zeroed & (np.abs(rewards) >= credit.ZERO_REWARD)
+            if c.algorithm == "ospo"
+            else np.ones(len(texts), bool)
+        )
+        attr = self.attribute(texts, offsets, tasks, seq_adv, active) if attribute else None
         lengths = [len(t) for t in ids]
         weights, no_segments = (
             fallback_weights(attr.segments, attr.weights)
@@ -286,9 +322,7 @@ class Trainer:
             pad_id=pad,
         )
         if c.optim.beta > 0:
-            batch.ref_logps = sequence_log_probs(
-                self.model, batch, c.sampling.temperature, reference=True
-            )
+            batch.ref_logps = self.reference_log_probs(batch)
         results = []
         for iteration in range(c.optim.num_iterations):
             result = self.update(batch, use_old_logps=iteration > 0)
@@ -317,6 +351,10 @@ class Trainer:
             "ndcg@10": float(np.nan_to_num(ndcg).mean()),
             "ospo/segments_mean": float(np.mean([len(s) for s in attr.segments])) if attr else 0.0,
             "ospo/coalitions": float(attr.evaluated) if attr else 0.0,
+            "ospo/unpaired_segments": float(attr.unpaired) if attr else 0.0,
+            "ospo/budget_raised": float(attr.budget_raised) if attr else 0.0,
+            "ospo/exact_values": float(attr.exact) if attr else 0.0,
+            "ospo/credit_concentration": attr.concentration() if attr else 0.0,
             "ospo/no_answer_tags": float(status.count("missing_tags")),
             "ospo/unclosed_answer": float(status.count("unclosed")),
             "ospo/format_zeroed": float(zeroed.sum()),
@@ -383,6 +421,10 @@ class Trainer:
             on_step=on_step, compile=c.optim.compile,
         )  # fmt: skip
         self.warmed_up = True
+        from ospo_mlx.train.policy import adapter_weights
+
+        # RL starts here: the KL reference is the warmed-up policy, as TRL's is the initial one.
+        self.reference_adapters = adapter_weights(self.model)
         return result
 
     def run(self, max_steps: int | None = None) -> list[dict[str, float]]:

@@ -203,6 +203,8 @@ class InspectorApp(App[None]):
                 rec, highlight=self.query_text or None, stacked=self.size.width < 100
             ),
         ]
+        if rec.coalitions:  # is the credit believable? baseline, efficiency, warnings
+            views += [Text(), renderables.credit_check(rec.owen, rec.coalitions, rec.coalition_values)]
         body.update(Group(*views))
         self._fill_segments(rec)
         self._fill_coalitions(rec)

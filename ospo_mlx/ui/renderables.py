@@ -182,6 +182,38 @@ def segment_table(
     return table
 
 
+def credit_check(
+    owen: Sequence[float], coalitions: Sequence[Sequence[int]], values: Sequence[float]
+) -> Text:
+    """One line that makes a wrong credit visible: the baseline v(empty), v(full), whether the
+    values add up to v(full) - v(empty) (Shapley's efficiency), and what looks wrong."""
+    n = len(owen)
+    by_size = {len(m): float(v) for m, v in zip(coalitions, values, strict=False)}
+    singles = [float(v) for m, v in zip(coalitions, values, strict=False) if len(m) == 1]
+    text = Text()
+    if 0 not in by_size or n not in by_size:
+        return text
+    base, full, total = by_size[0], by_size[n], float(sum(owen))
+    gap = total - (full - base)
+    text.append("v(∅) ", style="dim")
+    text.append(f"{base:.4f}")
+    text.append("  v(all) ", style="dim")
+    text.append(f"{full:.4f}")
+    text.append("  Σφ ", style="dim")
+    text.append(f"{total:+.4f}")
+    text.append("  gap ", style="dim")
+    text.append(f"{gap:+.4f}", style="bold red" if abs(gap) > 0.05 else "green")
+    if base == 0.0 and singles and min(singles) > 0.05:
+        text.append(
+            "  ⚠ v(∅) = 0 but every single segment scores > 0: the baseline misses the "
+            "prepended query, so credit follows sampling counts",
+            style="bold red",
+        )
+    elif abs(gap) > 0.05:
+        text.append("  ⚠ the values do not add up to v(all) - v(∅)", style="bold yellow")
+    return text
+
+
 def format_members(members: Sequence[int]) -> str:
     """Sorted member indices as a set literal, contiguous runs compressed: {0-2,5}."""
     ms = sorted(int(m) for m in members)
@@ -366,6 +398,7 @@ def record_views(rec: RolloutRecord, *, highlight: str | None = None) -> list[Re
             )
         )
     if rec.coalitions:
+        views.append(credit_check(rec.owen, rec.coalitions, rec.coalition_values))
         views.append(coalition_table(rec.coalitions, rec.coalition_texts(), rec.coalition_values))
     return views
 
