@@ -50,15 +50,28 @@ from ospo_mlx.errors import OspoError
 # name -> (algorithm, config overrides). A variant's overrides apply after the config and --set.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "grpo": ("grpo", []),
-    # The paper's construction: no advantage outside segments, v(empty) = 0.
+    # The paper's credit: mean marginal gains over contiguous windows, min-max weights, the
+    # positive values pushed down on a negative advantage, no advantage outside segments.
+    # (v(empty) is the query's own score in every variant: a 0 there is a defect, issue 13.)
     "ospo-paper": (
         "ospo",
-        ["attribution.format_tokens=floor", "reward.empty_value=zero"],
+        [
+            "attribution.estimator=contiguous",
+            "attribution.normalize=minmax",
+            "attribution.negative_advantage=paper",
+            "attribution.format_tokens=floor",
+        ],
     ),
-    # Our best credit settings (docs/benchmarks.md): format tokens keep A, v(empty) = v(query).
+    # Our best credit settings (docs/credit.md, bench/fidelity.py): exact/kernel Shapley,
+    # zero-anchored weights, mirrored negative advantages, format tokens keep A.
     "ospo-best": (
         "ospo",
-        ["attribution.format_tokens=sequence", "reward.empty_value=query"],
+        [
+            "attribution.estimator=shapley",
+            "attribution.normalize=zero",
+            "attribution.negative_advantage=mirror",
+            "attribution.format_tokens=sequence",
+        ],
     ),
 }
 BASELINE = "grpo"
