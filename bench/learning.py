@@ -130,7 +130,7 @@ def answer_stats(answers: list[str | None], hidden: list[dict[str, str] | None])
     if pairs:
         precision, recall = [], []
         for text, h in pairs:
-            named = [p.strip().lower() for p in text.split(",") if p.strip()]
+            named = named_phrases(text)
             right = {p.lower() for p in right_phrases(h)}
             hits = sum(p in right for p in named)
             precision.append(hits / len(named) if named else 0.0)
@@ -138,6 +138,37 @@ def answer_stats(answers: list[str | None], hidden: list[dict[str, str] | None])
         out["right_precision"] = float(np.mean(precision))
         out["right_recall"] = float(np.mean(recall))
     return out
+
+
+def named_phrases(text: str, tags: tuple[str, str] = ("<answer>", "</answer>")) -> list[str]:
+    """The comma-separated phrases a choice answer names (lowercase; unclosed answers too)."""
+    body = text.split(tags[0])[-1].split(tags[1])[0]
+    return [p.strip().lower() for p in body.split(",") if p.strip()]
+
+
+def choice_curves(rollouts: Path, hidden: dict[str, dict[str, str]]) -> dict[str, list[float]]:
+    """Per step of a choice-task run: precision and recall of the right phrases among the
+    sampled answers' named phrases, phrases named, and the share of closed answers."""
+    from ospo_mlx.data.choice import right_phrases
+
+    steps: dict[int, list[tuple[float, float, int, bool]]] = {}
+    for line in rollouts.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row.get("task_id") not in hidden:
+            continue
+        named = named_phrases(row["completion"])
+        right = {p.lower() for p in right_phrases(hidden[row["task_id"]])}
+        hits = sum(p in right for p in named)
+        steps.setdefault(int(row["step"]), []).append(
+            (hits / len(named) if named else 0.0, len(right & set(named)) / len(right),
+             len(named), "</answer>" in row["completion"])
+        )  # fmt: skip
+    order = sorted(steps)
+    cols = [np.array([r[i] for r in steps[s]], dtype=float) for s in order for i in range(4)]
+    return {
+        name: [float(cols[4 * k + i].mean()) for k in range(len(order))]
+        for i, name in enumerate(("right_precision", "right_recall", "named", "closed"))
+    }
 
 
 def heldout_eval(trainer: Any, tasks: list[Any], bm25: Any, hidden: dict) -> dict[str, Any]:
@@ -555,6 +586,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs.append(result)
     if not runs:
         raise OspoError(f"{out}: no finished run to report")
+    if hidden:  # the choice task: what the policy learned to name, step by step
+        for r in runs:
+            path = out / "runs" / f"{r['variant']}-seed{r['seed']}" / "rollouts.jsonl"
+            if path.is_file():
+                r["choice"] = choice_curves(path, hidden)
     summary = summarize(runs, args, ctx["start"])
     png = plot_bands_png(summary, Path(args.png) if args.png else out / "learning.png")
     o = base.optim

@@ -151,3 +151,24 @@ def test_pairing_cancels_the_prompt_difficulty_shared_by_a_seed():
     assert not plan["seed_level_known"]  # one seed each: a lower bound
     paired, unpaired = plan["seeds_needed_paired"], plan["seeds_needed"]
     assert paired["relative_gain"]["20"] <= unpaired["relative_gain"]["20"]
+
+
+def test_choice_curves_by_hand(tmp_path):
+    import json
+
+    from bench.learning import choice_curves, named_phrases
+
+    assert named_phrases("<answer>Mesh, foam,</answer> x") == ["mesh", "foam"]
+    hidden = {"t1": {"category": "c", "use": "trail running", "material": "mesh"}}
+    rows = [
+        {"step": 1, "task_id": "t1", "completion": "<answer>trail running, foam</answer>"},
+        {"step": 1, "task_id": "t1", "completion": "<answer>mesh, trail running, a, b"},
+        {"step": 2, "task_id": "t1", "completion": "<answer></answer>"},
+        {"step": 2, "task_id": "other", "completion": "<answer>mesh</answer>"},  # not counted
+    ]
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = choice_curves(path, hidden)
+    assert c["right_precision"] == pytest.approx([(0.5 + 0.5) / 2, 0.0])
+    assert c["right_recall"] == pytest.approx([(0.5 + 1.0) / 2, 0.0])
+    assert c["named"] == pytest.approx([3.0, 0.0]) and c["closed"] == pytest.approx([0.5, 1.0])
