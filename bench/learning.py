@@ -493,6 +493,7 @@ def report_lines(result: dict[str, Any]) -> list[str]:
             f"{p['paired_step_noise_sd'] or 0:.3f}), seed sd {p['seed_level_sd']:.3f}; seeds needed "
             f"by steps, 25% of AUC: {p['seeds_needed']['relative_auc']}, 25% of the gain: "
             f"{p['seeds_needed']['relative_gain']}; paired: {p['seeds_needed_paired']}"
+            + ("" if p["seed_level_known"] else " (lower bounds: one seed per variant)")
         )
     return lines
 
