@@ -148,16 +148,29 @@ def named_phrases(text: str, tags: tuple[str, str] = ("<answer>", "</answer>")) 
 
 def choice_curves(rollouts: Path, hidden: dict[str, dict[str, str]]) -> dict[str, list[float]]:
     """Per step of a choice-task run: precision and recall of the right phrases among the
-    sampled answers' named phrases, phrases named, and the share of closed answers."""
+    sampled answers' named phrases, phrases named, and the share of closed answers; and over
+    the run, the share of listed-phrase segments whose credit (Owen value) has the right sign
+    (positive for the hidden use and material, negative for a distractor)."""
     from ospo_mlx.data.choice import right_phrases
+    from ospo_mlx.data.synthetic import CATEGORIES
 
+    # every phrase a prompt of the category can list: its uses and materials
+    listed = {
+        c.name: {p.lower() for i in c.intents for p in (i.use, i.material)} for c in CATEGORIES
+    }
     steps: dict[int, list[tuple[float, float, int, bool]]] = {}
+    signs: dict[int, list[bool]] = {}  # segment credit has the sign its phrase deserves
     for line in rollouts.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         if row.get("task_id") not in hidden:
             continue
         named = named_phrases(row["completion"])
         right = {p.lower() for p in right_phrases(hidden[row["task_id"]])}
+        text = row["completion"]
+        for (start, end), phi in zip(row.get("segments", []), row.get("owen", []), strict=False):
+            phrase = text[start:end].strip(" ,.<>/").lower()
+            if phi != 0 and phrase in listed[hidden[row["task_id"]]["category"]]:
+                signs.setdefault(int(row["step"]), []).append((phi > 0) == (phrase in right))
         hits = sum(p in right for p in named)
         steps.setdefault(int(row["step"]), []).append(
             (hits / len(named) if named else 0.0, len(right & set(named)) / len(right),
@@ -165,10 +178,13 @@ def choice_curves(rollouts: Path, hidden: dict[str, dict[str, str]]) -> dict[str
         )  # fmt: skip
     order = sorted(steps)
     cols = [np.array([r[i] for r in steps[s]], dtype=float) for s in order for i in range(4)]
-    return {
+    out = {
         name: [float(cols[4 * k + i].mean()) for k in range(len(order))]
         for i, name in enumerate(("right_precision", "right_recall", "named", "closed"))
     }
+    every = [v for s in order for v in signs.get(s, [])]
+    out["credit_sign_accuracy"] = [float(np.mean(every))] if every else []
+    return out
 
 
 def heldout_eval(trainer: Any, tasks: list[Any], bm25: Any, hidden: dict) -> dict[str, Any]:
@@ -373,6 +389,15 @@ def summarize(runs: list[dict[str, Any]], args: Any, start: dict | None) -> dict
             "step_time_s": float(np.median([r["step_time_s"] for r in rs])),
             "collapsed_repeats": int(sum(r.get("collapsed_repeats", 0) for r in rs)),
         }
+        choice = [r["choice"] for r in rs if r.get("choice")]
+        if choice:  # mean over seeds, step by step (cut to the shortest run)
+            row["choice"] = {
+                k: np.mean(
+                    [c[k][: min(len(x[k]) for x in choice)] for c in choice], axis=0
+                ).tolist()
+                for k in choice[0]
+                if all(c[k] for c in choice)
+            }
         if tests:
             for key in ("reward", "bm25", "format_rate", "after_answer_rate", "mean_tokens",
                         "distinct_word_ratio", "repetition_rate", "answer_words",
@@ -482,6 +507,20 @@ def report_lines(result: dict[str, Any]) -> list[str]:
                 f"format {row['heldout_format_rate'][0]:.2f}, distinct words "
                 f"{row['heldout_distinct_word_ratio'][0]:.2f}, words {row['heldout_answer_words'][0]:.1f}"
             )
+    for v, row in s["per_variant"].items():
+        c = row.get("choice")
+        if c and c.get("right_precision"):
+            lines.append(
+                f"{v} samples: right-phrase precision {c['right_precision'][0]:.2f} -> "
+                f"{c['right_precision'][-1]:.2f}, recall {c['right_recall'][0]:.2f} -> "
+                f"{c['right_recall'][-1]:.2f}, phrases named {c['named'][0]:.1f} -> "
+                f"{c['named'][-1]:.1f}, closed {c['closed'][0]:.2f} -> {c['closed'][-1]:.2f}"
+                + (
+                    f", credit sign right {c['credit_sign_accuracy'][0]:.2f}"
+                    if c.get("credit_sign_accuracy")
+                    else ""
+                )
+            )
     for v, d in s["diff_auc"].items():
         lines.append(
             f"AUC {v} - grpo: {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] ({d['seeds']} seeds)"
@@ -492,7 +531,8 @@ def report_lines(result: dict[str, Any]) -> list[str]:
             f"power: step noise {p['step_noise_sd']:.3f} (paired difference "
             f"{p['paired_step_noise_sd'] or 0:.3f}), seed sd {p['seed_level_sd']:.3f}; seeds needed "
             f"by steps, 25% of AUC: {p['seeds_needed']['relative_auc']}, 25% of the gain: "
-            f"{p['seeds_needed']['relative_gain']}; paired: {p['seeds_needed_paired']}"
+            f"{p['seeds_needed'].get('relative_gain', 'n/a (GRPO gained nothing)')}; "
+            f"paired: {p['seeds_needed_paired']}"
             + ("" if p["seed_level_known"] else " (lower bounds: one seed per variant)")
         )
     return lines

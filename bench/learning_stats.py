@@ -171,10 +171,11 @@ def power_plan(
             np.mean([paired_step_noise(curves[v][:k], curves[baseline][:k]) for v in pairs])
         )
     mean_auc = float(base.mean())
-    deltas = {
-        "relative_auc": relative * mean_auc,
-        "relative_gain": relative * max(mean_auc - start_reward, 1e-9),
-    }
+    # 25% of the gain is undefined when the baseline did not gain: then no plan for it
+    gain = mean_auc - start_reward
+    deltas = {"relative_auc": relative * mean_auc, "relative_gain": relative * gain}
+    if gain <= 0:
+        del deltas["relative_gain"]
     plan: dict[str, Any] = {
         "pilot_steps": t_pilot,
         "pilot_seeds": int(base.size),

@@ -159,9 +159,22 @@ def test_choice_curves_by_hand(tmp_path):
     from bench.learning import choice_curves, named_phrases
 
     assert named_phrases("<answer>Mesh, foam,</answer> x") == ["mesh", "foam"]
-    hidden = {"t1": {"category": "c", "use": "trail running", "material": "mesh"}}
+    hidden = {"t1": {"category": "running shoes", "use": "trail running", "material": "mesh"}}
     rows = [
-        {"step": 1, "task_id": "t1", "completion": "<answer>trail running, foam</answer>"},
+        {
+            "step": 1,
+            "task_id": "t1",
+            "completion": "<answer>trail running, foam</answer>",
+            "segments": [[8, 21], [23, 27]],
+            "owen": [0.3, 0.1],
+        },  # foam: not listed, not judged
+        {
+            "step": 1,
+            "task_id": "t1",
+            "completion": "<answer>road running, trail running",
+            "segments": [[8, 20], [22, 35]],
+            "owen": [0.2, 0.4],
+        },  # road running: wrong sign
         {"step": 1, "task_id": "t1", "completion": "<answer>mesh, trail running, a, b"},
         {"step": 2, "task_id": "t1", "completion": "<answer></answer>"},
         {"step": 2, "task_id": "other", "completion": "<answer>mesh</answer>"},  # not counted
@@ -169,6 +182,16 @@ def test_choice_curves_by_hand(tmp_path):
     path = tmp_path / "rollouts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     c = choice_curves(path, hidden)
-    assert c["right_precision"] == pytest.approx([(0.5 + 0.5) / 2, 0.0])
-    assert c["right_recall"] == pytest.approx([(0.5 + 1.0) / 2, 0.0])
-    assert c["named"] == pytest.approx([3.0, 0.0]) and c["closed"] == pytest.approx([0.5, 1.0])
+    assert c["right_precision"] == pytest.approx([(0.5 + 0.5 + 0.5) / 3, 0.0])
+    assert c["right_recall"] == pytest.approx([(0.5 + 1.0 + 0.5) / 3, 0.0])
+    assert c["named"] == pytest.approx([(2 + 4 + 2) / 3, 0.0])
+    assert c["closed"] == pytest.approx([1 / 3, 1.0])
+    assert c["credit_sign_accuracy"] == pytest.approx([2 / 3])  # trail +, trail +, road + (wrong)
+
+
+def test_power_plan_has_no_gain_target_when_the_baseline_did_not_gain():
+    curves = [[0.5, 0.4, 0.45, 0.5], [0.3, 0.35, 0.3, 0.4]]
+    aucs = [S.auc(c) for c in curves]
+    plan = S.power_plan({"grpo": aucs}, {"grpo": curves}, "grpo", start_reward=0.9)
+    assert "relative_gain" not in plan["deltas"] and "relative_gain" not in plan["seeds_needed"]
+    assert plan["seed_level_known"]
