@@ -153,6 +153,7 @@ def choice_curves(rollouts: Path, hidden: dict[str, dict[str, str]]) -> dict[str
     (positive for the hidden use and material, negative for a distractor)."""
     from ospo_mlx.data.choice import right_phrases
     from ospo_mlx.data.synthetic import CATEGORIES
+    from ospo_mlx.reward.repetition import repetition
 
     # every phrase a prompt of the category can list: its uses and materials
     listed = {
@@ -172,15 +173,16 @@ def choice_curves(rollouts: Path, hidden: dict[str, dict[str, str]]) -> dict[str
             if phi != 0 and phrase in listed[hidden[row["task_id"]]["category"]]:
                 signs.setdefault(int(row["step"]), []).append((phi > 0) == (phrase in right))
         hits = sum(p in right for p in named)
+        body = text.split("<answer>")[-1].split("</answer>")[0]
         steps.setdefault(int(row["step"]), []).append(
             (hits / len(named) if named else 0.0, len(right & set(named)) / len(right),
-             len(named), "</answer>" in row["completion"])
+             len(named), "</answer>" in text, repetition(body).repeated_rate)
         )  # fmt: skip
     order = sorted(steps)
-    cols = [np.array([r[i] for r in steps[s]], dtype=float) for s in order for i in range(4)]
+    names = ("right_precision", "right_recall", "named", "closed", "repetition_rate")
     out = {
-        name: [float(cols[4 * k + i].mean()) for k in range(len(order))]
-        for i, name in enumerate(("right_precision", "right_recall", "named", "closed"))
+        name: [float(np.mean([r[i] for r in steps[s]])) for s in order]
+        for i, name in enumerate(names)
     }
     every = [v for s in order for v in signs.get(s, [])]
     out["credit_sign_accuracy"] = [float(np.mean(every))] if every else []
@@ -190,7 +192,7 @@ def choice_curves(rollouts: Path, hidden: dict[str, dict[str, str]]) -> dict[str
 def heldout_eval(trainer: Any, tasks: list[Any], bm25: Any, hidden: dict) -> dict[str, Any]:
     """Greedy answers on held-out tasks, scored as training scores them (training retriever)
     and by BM25; format, run-on and degeneracy rates."""
-    from ospo_mlx.attribution.segment import after_answer
+    from ospo_mlx.attribution.segment import after_answer, scored_answer
     from ospo_mlx.data.prompts import encode_prompt
     from ospo_mlx.eval import score_texts
     from ospo_mlx.train.rollout import SamplingConfig, sample_groups
@@ -207,7 +209,9 @@ def heldout_eval(trainer: Any, tasks: list[Any], bm25: Any, hidden: dict) -> dic
     rollouts = sample_groups(trainer.model, trainer.tokenizer, prompts, sampling, seed=0)
     texts = list(rollouts.texts)
     scores = np.nan_to_num(np.asarray(reward.score(texts, tasks), dtype=np.float64))
-    answers = [reward.scored(t)[0] for t in texts]
+    answers = [reward.scored(t)[0] for t in texts]  # as scored: repeats collapsed
+    r = reward.config  # degeneracy is measured on the answer as written, before the collapse
+    raw = [scored_answer(t, r.answer_tags, r.missing_tags, r.unclosed_answer)[0] for t in texts]
     retrieval = [
         None if a is None else reward.with_query(a, t) for a, t in zip(answers, tasks, strict=True)
     ]
@@ -221,8 +225,8 @@ def heldout_eval(trainer: Any, tasks: list[Any], bm25: Any, hidden: dict) -> dic
         "after_answer_rate": float(np.mean([after_answer(t) for t in texts])),
         "collapsed_rate": float(np.mean([reward.repeats_removed(t) > 0 for t in texts])),
         "mean_tokens": float(np.mean(rollouts.completion_lengths())),
-        **answer_stats(answers, [hidden.get(t.id) for t in tasks]),
-        "examples": texts[:3],
+        **answer_stats(raw, [hidden.get(t.id) for t in tasks]),
+        "texts": texts,
     }
 
 

@@ -186,6 +186,7 @@ def test_choice_curves_by_hand(tmp_path):
     assert c["right_recall"] == pytest.approx([(0.5 + 1.0 + 0.5) / 3, 0.0])
     assert c["named"] == pytest.approx([(2 + 4 + 2) / 3, 0.0])
     assert c["closed"] == pytest.approx([1 / 3, 1.0])
+    assert c["repetition_rate"] == pytest.approx([0.25 / 3, 0.0])  # "running" twice in row 2
     assert c["credit_sign_accuracy"] == pytest.approx([2 / 3])  # trail +, trail +, road + (wrong)
 
 
