@@ -514,11 +514,15 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     for v, row in s["per_variant"].items():
         c = row.get("choice")
         if c and c.get("right_precision"):
+
+            def ends(key: str, c: dict = c) -> str:  # first vs last quarter of the steps
+                q = max(1, len(c[key]) // 4)
+                return f"{np.mean(c[key][:q]):.2f} -> {np.mean(c[key][-q:]):.2f}"
+
             lines.append(
-                f"{v} samples: right-phrase precision {c['right_precision'][0]:.2f} -> "
-                f"{c['right_precision'][-1]:.2f}, recall {c['right_recall'][0]:.2f} -> "
-                f"{c['right_recall'][-1]:.2f}, phrases named {c['named'][0]:.1f} -> "
-                f"{c['named'][-1]:.1f}, closed {c['closed'][0]:.2f} -> {c['closed'][-1]:.2f}"
+                f"{v} samples (first -> last quarter): right-phrase precision "
+                f"{ends('right_precision')}, recall {ends('right_recall')}, phrases named "
+                f"{ends('named')}, closed {ends('closed')}, repetition {ends('repetition_rate')}"
                 + (
                     f", credit sign right {c['credit_sign_accuracy'][0]:.2f}"
                     if c.get("credit_sign_accuracy")
