@@ -152,7 +152,8 @@ def power_plan(
     which makes the plan a lower bound). Two designs:
     - unpaired: the difference of two AUCs has twice that variance;
     - paired: the same seeds draw the same prompts, so the per-step difference's own noise
-      (`paired_step_noise`, measured on the pilot's paired runs) replaces 2 s_step^2.
+      (`paired_step_noise`) replaces 2 s_step^2, and the seed-level spread is that of the
+      per-seed AUC differences (var(d) - s_pair^2 / T_pilot, at least 0).
     Two effect sizes: `relative` x the baseline's AUC (the paper's "% NDCG over GRPO") and
     `relative` x its gain over the warm-up's reward (a difference in how much was learned).
     Power 80%, two-sided alpha 5%.
@@ -164,12 +165,18 @@ def power_plan(
     var_auc = float(np.mean(spread)) if spread else 0.0
     s_seed2 = max(0.0, var_auc - s_step**2 / t_pilot)
     pairs = [v for v in curves if v != baseline and curves[v]]
-    s_pair = None
+    s_pair, s_dseed2 = None, 0.0
     if pairs:
         k = min(len(curves[baseline]), *(len(curves[v]) for v in pairs))
         s_pair = float(
             np.mean([paired_step_noise(curves[v][:k], curves[baseline][:k]) for v in pairs])
         )
+        # seed-level spread of the paired difference itself (prompt difficulty cancels in it)
+        d_var = [
+            np.var(np.subtract(aucs[v][:k], aucs[baseline][:k]), ddof=1) for v in pairs if k >= 2
+        ]
+        if d_var:
+            s_dseed2 = max(0.0, float(np.mean(d_var)) - s_pair**2 / t_pilot)
     mean_auc = float(base.mean())
     # 25% of the gain is undefined when the baseline did not gain: then no plan for it
     gain = mean_auc - start_reward
@@ -183,6 +190,7 @@ def power_plan(
         "paired_step_noise_sd": s_pair,
         "auc_sd_between_seeds": math.sqrt(var_auc),
         "seed_level_sd": math.sqrt(s_seed2),
+        "paired_seed_level_sd": math.sqrt(s_dseed2),
         "seed_level_known": bool(spread),
         "baseline_auc": mean_auc,
         "start_reward": start_reward,
@@ -197,7 +205,7 @@ def power_plan(
         }
         if s_pair is not None:
             plan["seeds_needed_paired"][name] = {
-                str(t): seeds_needed(math.sqrt(2 * s_seed2 + s_pair**2 / t), delta)
+                str(t): seeds_needed(math.sqrt(s_dseed2 + s_pair**2 / t), delta)
                 for t in steps_options
             }
     return plan

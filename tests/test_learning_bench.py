@@ -196,3 +196,17 @@ def test_power_plan_has_no_gain_target_when_the_baseline_did_not_gain():
     plan = S.power_plan({"grpo": aucs}, {"grpo": curves}, "grpo", start_reward=0.9)
     assert "relative_gain" not in plan["deltas"] and "relative_gain" not in plan["seeds_needed"]
     assert plan["seed_level_known"]
+
+
+def test_paired_plan_ignores_the_seed_spread_that_pairing_cancels():
+    rng = np.random.default_rng(3)
+    grpo = [list(0.3 + 0.2 * s + rng.normal(0, 0.1, 20)) for s in range(3)]  # seeds differ a lot
+    ospo = [list(np.add(c, 0.05)) for c in grpo]  # a constant paired gain
+    aucs = {"grpo": [S.auc(c) for c in grpo], "ospo": [S.auc(c) for c in ospo]}
+    plan = S.power_plan(aucs, {"grpo": grpo, "ospo": ospo}, "grpo", start_reward=0.2)
+    assert plan["seed_level_sd"] > 0.1 and plan["paired_seed_level_sd"] == pytest.approx(
+        0, abs=1e-9
+    )
+    assert plan["paired_step_noise_sd"] == pytest.approx(0.0, abs=1e-12)
+    assert plan["seeds_needed_paired"]["relative_auc"]["20"] == 2
+    assert plan["seeds_needed"]["relative_auc"]["20"] > 2
