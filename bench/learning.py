@@ -536,9 +536,10 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     if s["power"]:
         p = s["power"]
         lines.append(
-            f"power: step noise {p['step_noise_sd']:.3f} (paired difference "
-            f"{p['paired_step_noise_sd'] or 0:.3f}), seed sd {p['seed_level_sd']:.3f}; seeds needed "
-            f"by steps, 25% of AUC: {p['seeds_needed']['relative_auc']}, 25% of the gain: "
+            f"power: step noise {p['step_noise_sd']:.3f} (paired differences "
+            f"{ {v: round(x, 3) for v, x in p['paired_step_noise_sd'].items()} }), seed sd "
+            f"{p['seed_level_sd']:.3f}; seeds needed by steps, 25% of AUC: "
+            f"{p['seeds_needed']['relative_auc']}, 25% of the gain: "
             f"{p['seeds_needed'].get('relative_gain', 'n/a (GRPO gained nothing)')}; "
             f"paired: {p['seeds_needed_paired']}"
             + ("" if p["seed_level_known"] else " (lower bounds: one seed per variant)")

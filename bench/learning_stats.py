@@ -165,18 +165,16 @@ def power_plan(
     var_auc = float(np.mean(spread)) if spread else 0.0
     s_seed2 = max(0.0, var_auc - s_step**2 / t_pilot)
     pairs = [v for v in curves if v != baseline and curves[v]]
-    s_pair, s_dseed2 = None, 0.0
-    if pairs:
-        k = min(len(curves[baseline]), *(len(curves[v]) for v in pairs))
-        s_pair = float(
-            np.mean([paired_step_noise(curves[v][:k], curves[baseline][:k]) for v in pairs])
-        )
+    s_pair: dict[str, float] = {}
+    s_dseed2: dict[str, float] = {}
+    for v in pairs:  # each OSPO variant against the baseline, on their common seeds
+        k = min(len(curves[baseline]), len(curves[v]))
+        s_pair[v] = paired_step_noise(curves[v][:k], curves[baseline][:k])
         # seed-level spread of the paired difference itself (prompt difficulty cancels in it)
-        d_var = [
-            np.var(np.subtract(aucs[v][:k], aucs[baseline][:k]), ddof=1) for v in pairs if k >= 2
-        ]
-        if d_var:
-            s_dseed2 = max(0.0, float(np.mean(d_var)) - s_pair**2 / t_pilot)
+        d = np.subtract(aucs[v][:k], aucs[baseline][:k])
+        s_dseed2[v] = (
+            max(0.0, float(np.var(d, ddof=1)) - s_pair[v] ** 2 / t_pilot) if k >= 2 else 0.0
+        )
     mean_auc = float(base.mean())
     # 25% of the gain is undefined when the baseline did not gain: then no plan for it
     gain = mean_auc - start_reward
@@ -190,7 +188,7 @@ def power_plan(
         "paired_step_noise_sd": s_pair,
         "auc_sd_between_seeds": math.sqrt(var_auc),
         "seed_level_sd": math.sqrt(s_seed2),
-        "paired_seed_level_sd": math.sqrt(s_dseed2),
+        "paired_seed_level_sd": {v: math.sqrt(x) for v, x in s_dseed2.items()},
         "seed_level_known": bool(spread),
         "baseline_auc": mean_auc,
         "start_reward": start_reward,
@@ -203,9 +201,9 @@ def power_plan(
             str(t): seeds_needed(math.sqrt(2 * (s_seed2 + s_step**2 / t)), delta)
             for t in steps_options
         }
-        if s_pair is not None:
-            plan["seeds_needed_paired"][name] = {
-                str(t): seeds_needed(math.sqrt(s_dseed2 + s_pair**2 / t), delta)
+        for v in pairs:
+            plan["seeds_needed_paired"].setdefault(v, {})[name] = {
+                str(t): seeds_needed(math.sqrt(s_dseed2[v] + s_pair[v] ** 2 / t), delta)
                 for t in steps_options
             }
     return plan
