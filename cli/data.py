@@ -195,6 +195,29 @@ def synthetic(
     _finish(out, catalog, tasks, report)
 
 
+@data_app.command("choice")
+def choice(
+    out: Path = OUT,
+    train: int = typer.Option(200, "--train", help="Training tasks."),
+    test: int = typer.Option(50, "--test", help="Test tasks."),
+    distractors: int = typer.Option(
+        2, "--distractors", help="Wrong uses and wrong materials listed per prompt (0-3 each)."
+    ),
+    seed: int = SEED,
+) -> None:
+    """The controlled choice task: pick the right attribute phrases from a shuffled list."""
+    from ospo_mlx.data.choice import ChoiceConfig, generate_choice
+    from ospo_mlx.data.synthetic import SyntheticConfig
+
+    cfg = ChoiceConfig(
+        synthetic=SyntheticConfig(n_train=train, n_test=test, seed=seed),
+        distractor_uses=distractors,
+        distractor_materials=distractors,
+    )
+    catalog, tasks, report = generate_choice(cfg)
+    _finish(out, catalog, tasks, report)
+
+
 generate_app = typer.Typer(
     help="Write synthetic files with the real ESCI/H&M schemas and sizes (to test scale).",
     no_args_is_help=True,

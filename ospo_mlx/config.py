@@ -116,6 +116,21 @@ class SamplingConfig:
         default=True,
         metadata={"help": "Prefill each prompt once and reuse its KV cache for its G completions."},
     )
+    stop_strings: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Stop a completion once it writes one of these (e.g. '</answer>'); the "
+            "string stays in the completion, so nothing after it is sampled or trained."
+        },
+    )
+    stop_at_answer: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop sampling a completion at the closing answer tag (added to "
+            "stop_strings by the trainer), so no text runs on after the answer (counted in "
+            "completions/stopped_at_answer)."
+        },
+    )
 
     def validate(self) -> SamplingConfig:
         """Raise ConfigError on an out-of-range option (temperature 0 = greedy); returns self."""

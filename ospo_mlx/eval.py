@@ -172,7 +172,8 @@ class SystemOutput:
 def _system_from_responses(
     name: str, texts: list[str], lengths: list[int], tasks: list[Any], reward: Any
 ) -> SystemOutput:
-    """Retrieval texts by the reward's own answer rule and query prefix, as in training."""
+    """Retrieval texts by the reward's own answer rule (`reward.missing_tags`,
+    `reward.unclosed_answer`, `reward.repeats`) and query prefix, as in training."""
     scored = [reward.scored(t) for t in texts]
     answers = [
         None if a is None else reward.with_query(a, task)

@@ -246,3 +246,42 @@ def plot_runs(
     if png:
         path = plot_png(runs, out or Path(run_dirs[0]) / "plot.png")
     return runs, path, missing_notes(runs)
+
+
+def plot_bands(
+    curves: dict[str, dict[str, list[float]]],
+    out: Path | str,
+    refs: dict[str, float] | None = None,
+    *,
+    title: str = "reward",
+    width_px: int = 1000,
+    height_px: int = 600,
+    dpi: int = 100,
+) -> Path:
+    """One panel: each curve's mean with its band (`step`, `mean`, `low`, `high` lists, e.g.
+    a 95% interval over seeds) and horizontal reference lines (`refs`: label -> value)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise OspoError("the PNG plot needs matplotlib: pip install 'ospo[plot]'") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        raise DataError("no curves to plot")
+    fig, ax = plt.subplots(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    for i, (name, c) in enumerate(curves.items()):
+        ax.plot(c["step"], c["mean"], color=f"C{i % 10}", label=name)
+        ax.fill_between(c["step"], c["low"], c["high"], color=f"C{i % 10}", alpha=0.2)
+    for j, (label, value) in enumerate((refs or {}).items()):
+        ax.axhline(value, color="0.4", linestyle=("--", ":", "-.")[j % 3], lw=1, label=label)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, format="png")
+    plt.close(fig)
+    return out

@@ -117,7 +117,7 @@ def test_every_option_has_help():
     assert all(help_text for _, help_text, _ in rows), [k for k, h, _ in rows if not h]
 
 
-@pytest.mark.parametrize("name", ["demo", "tiny", "esci", "hm"])
+@pytest.mark.parametrize("name", ["demo", "tiny", "esci", "hm", "learning"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.run.name == name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import ospo_mlx  # noqa: F401  (BLAS before mlx)
 
 # isort: split
@@ -223,3 +225,39 @@ def test_smaller_kv_growth_step_keeps_the_samples_and_lowers_the_peak(tiny, prom
     assert outs["ours"].logprobs == outs["library"].logprobs
     assert peaks["ours"] < peaks["library"]
     assert BatchKVCache.step == default  # restored
+
+
+def test_stop_sequences_cover_the_answer_tag_as_written(tiny):
+    from ospo_mlx.train.rollout import stop_sequences
+
+    _, tok = tiny
+    hf = tok._tokenizer
+    seqs = stop_sequences(tok, ["</answer>"])
+    assert seqs and all("</answer>" in hf.decode(s) for s in seqs)
+    for prefix in ("mesh", "a ", "foam."):  # each way the tag follows a word is caught
+        ids = hf.encode(prefix + "</answer>", add_special_tokens=False)
+        assert any(ids[-len(s) :] == s for s in seqs), prefix
+    assert stop_sequences(tok, []) == []
+
+
+def test_a_stop_string_ends_the_completion_and_stays_in_it(tiny, prompts):
+    model, tok = tiny
+    hf, eos = tok._tokenizer, set(tok.eos_token_ids)
+    cfg = SamplingConfig(max_new_tokens=24)
+    opts = {"num_generations": 1, "seed": 5}
+    for prompt in prompts:  # one prompt at a time: the same seed then samples the same tokens
+        free = sample_groups(model, tok, [prompt], cfg, **opts)
+        ids = free.completion_tokens[0]
+        cut = next((i for i in range(3, len(ids)) if ids[i] not in eos), None)
+        if cut is not None and hf.decode(ids[cut : cut + 1]).strip():
+            break
+    else:
+        pytest.fail("no sampled completion long enough to cut")
+    stop = hf.decode(ids[cut : cut + 1])
+    first = free.texts[0].find(stop)
+    stopped = sample_groups(model, tok, [prompt], replace(cfg, stop_strings=(stop,)), **opts)
+    text = stopped.texts[0]
+    assert stopped.finished[0] and free.texts[0] != text
+    assert text.endswith(stop) and text == free.texts[0][: first + len(stop)]
+    assert len(stopped.token_offsets[0]) == len(stopped.completion_tokens[0])
+    _check_offsets(text, stopped.token_offsets[0])

@@ -251,6 +251,19 @@ def scored_answer(
     return text[start:end].strip(), status
 
 
+def after_answer(
+    text: str,
+    tags: tuple[str, str] = DEFAULT_ANSWER_TAGS,
+    think_tags: Sequence[tuple[str, str]] = DEFAULT_THINK_TAGS,
+) -> bool:
+    """True when non-blank text follows the closing tag of `text`'s answer (a run-on reply)."""
+    match = _answer_match(text, tags, think_tags)
+    if match is None or not match[2]:
+        return False
+    close = _find_tag(text, tags[1], match[1])
+    return close is not None and bool(text[close.end() :].strip())
+
+
 def attributable_regions(
     text: str,
     answer_tags: tuple[str, str] | None = DEFAULT_ANSWER_TAGS,

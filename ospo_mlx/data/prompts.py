@@ -22,6 +22,12 @@ QUERY_EXPANSION_INSTRUCTION = (
     "first, then give only the rewritten query inside {open}...{close}.\n\nQuery: {query}"
 )
 
+# The controlled choice task (data/choice.py): the answer copies phrases from the list.
+CHOICE_INSTRUCTION = (
+    "Query: {query}\nOptions: {candidates}\nName only the options this shopper wants, "
+    "comma separated, inside {open}...{close}."
+)
+
 SHOPPER_PROFILE_INSTRUCTION = (
     "A shopper bought these items, oldest first:\n{history}\n\nDescribe the item they most "
     "likely want next (type, colour, style) in one or two sentences inside {open}...{close}."
@@ -101,8 +107,10 @@ def user_text(
     if task.kind == "query_expansion":
         if not task.query:
             raise DataError(f"task '{task.id}': a query_expansion task needs a query")
-        template = config.instruction or QUERY_EXPANSION_INSTRUCTION
-        fields = {"query": task.query.strip()}
+        template = config.instruction or (
+            CHOICE_INSTRUCTION if task.candidates else QUERY_EXPANSION_INSTRUCTION
+        )
+        fields = {"query": task.query.strip(), "candidates": ", ".join(task.candidates or [])}
     elif task.kind == "shopper_profile":
         if not task.history:
             raise DataError(f"task '{task.id}': a shopper_profile task needs a history")
@@ -114,8 +122,8 @@ def user_text(
         return template.format(open=open_tag, close=close_tag, **fields)
     except (KeyError, IndexError) as exc:
         raise ConfigError(
-            f"prompt instruction has an unknown placeholder {exc}; use {{query}} or {{history}}, "
-            "{open} and {close}"
+            f"prompt instruction has an unknown placeholder {exc}; use {{query}} (and "
+            "{candidates}) or {history}, {open} and {close}"
         ) from None
 
 

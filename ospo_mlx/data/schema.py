@@ -68,6 +68,8 @@ class Task:
     history: list[HistoryItem] = field(default_factory=list)
     pool: list[str] | None = None
     split: str = "train"
+    # Phrases the prompt offers to choose from (the controlled choice task); None elsewhere.
+    candidates: list[str] | None = None
 
     def relevant_ids(self) -> list[str]:
         return [pid for pid, gain in self.targets.items() if gain > 0]
@@ -129,6 +131,11 @@ def task_from_dict(row: dict[str, Any], where: str = "task row") -> Task:
     if kind == "shopper_profile" and not history:
         raise DataError(f"{where}: a shopper_profile task needs a non-empty 'history'")
     pool = row.get("pool")
+    candidates = row.get("candidates")
+    if candidates is not None and (
+        not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates)
+    ):
+        raise DataError(f"{where}: 'candidates' should be a list of strings")
     return Task(
         id=str(tid),
         kind=kind,
@@ -137,6 +144,7 @@ def task_from_dict(row: dict[str, Any], where: str = "task row") -> Task:
         history=history,
         pool=[str(p) for p in pool] if pool is not None else None,
         split=str(row.get("split", "train")),
+        candidates=list(candidates) if candidates else None,
     )
 
 
@@ -153,6 +161,7 @@ def to_dict(record: Product | Task) -> dict[str, Any]:
             "history": [{"product_id": h.product_id, "date": h.date} for h in record.history],
             "pool": list(record.pool) if record.pool is not None else None,
             "split": record.split,
+            "candidates": list(record.candidates) if record.candidates is not None else None,
         }
     else:
         raw = asdict(record)

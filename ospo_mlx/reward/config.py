@@ -66,6 +66,13 @@ class RewardConfig:
             "to the end of the text) or zero (reward 0, so run-on answers are not rewarded); counted."
         },
     )
+    repeats: str = field(
+        default="collapse",
+        metadata={
+            "help": "collapse: drop every repeated word of the answer before retrieval (a "
+            "repeat earns nothing; counted in reward/collapsed_repeats), or keep."
+        },
+    )
     gains: str = field(
         default="graded",
         metadata={"help": "graded: targets' gains (ESCI E=3,S=2,C=1); binary: 1 if > 0."},
@@ -117,6 +124,7 @@ class RewardConfig:
             "empty_value": ("auto", "zero", "query"),
             "missing_tags": MISSING_TAGS,
             "unclosed_answer": UNCLOSED_ANSWER,
+            "repeats": ("keep", "collapse"),
             "gains": ("graded", "binary"),
         }
         for name, allowed in choices.items():

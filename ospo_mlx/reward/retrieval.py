@@ -20,6 +20,7 @@ from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.reward import metrics as M
 from ospo_mlx.reward.base import CoalitionBatch, Reward
 from ospo_mlx.reward.config import RewardConfig
+from ospo_mlx.reward.repetition import collapse_repeats
 from ospo_mlx.reward.retrievers import Retriever
 
 
@@ -85,9 +86,24 @@ class RetrievalReward(Reward):
         return text
 
     def scored(self, response: str) -> tuple[str | None, str]:
-        """(scored text or None, format status: ok, missing_tags or unclosed); see `scored_answer`."""
+        """(scored text or None, format status: ok, missing_tags or unclosed); see `scored_answer`.
+
+        With `repeats: collapse` the scored text has its repeated words removed."""
         c = self.config
-        return scored_answer(response, c.answer_tags, c.missing_tags, c.unclosed_answer)
+        text, status = scored_answer(response, c.answer_tags, c.missing_tags, c.unclosed_answer)
+        return (self.collapse(text) if text is not None else None), status
+
+    def collapse(self, text: str) -> str:
+        """`text` with repeated words removed when `repeats: collapse`, else unchanged."""
+        return collapse_repeats(text)[0] if self.config.repeats == "collapse" else text
+
+    def repeats_removed(self, response: str) -> int:
+        """Words the repeat rule drops from `response`'s scored text (0 with `repeats: keep`)."""
+        c = self.config
+        text, _ = scored_answer(response, c.answer_tags, c.missing_tags, c.unclosed_answer)
+        if text is None or c.repeats != "collapse":
+            return 0
+        return collapse_repeats(text)[1]
 
     def format_zeroed(self, response: str) -> bool:
         """True when the format rule (not the content) gives `response` reward 0."""
@@ -207,11 +223,8 @@ class RetrievalReward(Reward):
             if not mask.any():
                 out.append(self.empty_text(task))
             else:
-                out.append(
-                    self.with_query(
-                        coalition_text(response, spans, mask, self.config.coalition_text), task
-                    )
-                )
+                text = coalition_text(response, spans, mask, self.config.coalition_text)
+                out.append(self.with_query(self.collapse(text), task))
         return out
 
     def _coalition_scores(self, batch: CoalitionBatch) -> np.ndarray:

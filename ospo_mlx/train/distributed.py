@@ -44,6 +44,9 @@ METRIC_REDUCTIONS: dict[str, Reduction] = {
     "reward/nonfinite": "sum",
     "ospo/no_segments": "sum",
     "skipped/prompt_too_long": "sum",
+    "completions/stopped_at_answer": "sum",
+    "completions/after_answer": "sum",
+    "reward/collapsed_repeats": "sum",
 }
 TIME_PREFIX = "time/"
 # Per-reward counters (rewards/<name>/none, rewards/<name>/nonfinite, ...) add up across ranks.

@@ -32,6 +32,9 @@ class SampleRecord:
     offsets: list[Any]
     finished: list[bool]
     seconds: float = 0.0
+    # per completion: it ends on the closing answer tag / text runs on after that tag
+    stopped_at_answer: list[bool] = field(default_factory=list)
+    after_answer: list[bool] = field(default_factory=list)
 
     @property
     def lengths(self) -> list[int]:
@@ -53,6 +56,7 @@ class ScoreRecord:
     ndcg: np.ndarray | None = None  # (B,) ndcg@10 when a retrieval reward is part of the sum
     raw: np.ndarray | None = None  # (B,) the weighted sum before sanitizing (NaN/inf kept)
     counts: dict[str, float] = field(default_factory=dict)
+    collapsed: np.ndarray | None = None  # (B,) bool: `reward.repeats` dropped repeated words
     seconds: float = 0.0
 
 
@@ -114,6 +118,8 @@ def split_generation(
             sample, indices=sample.indices[groups], tasks=sample.tasks[rows],
             prompts=sample.prompts[groups], texts=sample.texts[rows], ids=sample.ids[rows],
             offsets=sample.offsets[rows], finished=sample.finished[rows],
+            stopped_at_answer=sample.stopped_at_answer[rows],
+            after_answer=sample.after_answer[rows],
             seconds=sample.seconds if first else 0.0,
         )  # fmt: skip
         raw = score.raw[rows] if score.raw is not None else None
@@ -126,6 +132,7 @@ def split_generation(
             zeroed=score.zeroed[rows],
             nonfinite=int(np.sum(~np.isfinite(raw))) if raw is not None else score.nonfinite,
             ndcg=score.ndcg[rows] if score.ndcg is not None else None, raw=raw,
+            collapsed=score.collapsed[rows] if score.collapsed is not None else None,
             counts=dict(score.counts) if first else dict.fromkeys(score.counts, 0.0),
             seconds=score.seconds if first else 0.0,
         )  # fmt: skip
@@ -179,6 +186,12 @@ def step_metrics(
         "ospo/unclosed_answer": float(status.count("unclosed")),
         "ospo/format_zeroed": float(score.zeroed.sum()),
         "ospo/no_segments": float(credit.no_segments),
+        # the hardened reward's cases, counted: stop at </answer>, run-ons, repeats
+        "completions/stopped_at_answer": float(sum(sample.stopped_at_answer)),
+        "completions/after_answer": float(sum(sample.after_answer)),
+        "reward/collapsed_repeats": float(np.sum(score.collapsed))
+        if score.collapsed is not None
+        else 0.0,
         **(attr.metrics() if attr else Attribution.empty_metrics()),
         "skipped/prompt_too_long": float(skipped_long),
         "reward/nonfinite": float(score.nonfinite),

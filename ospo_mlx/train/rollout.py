@@ -6,7 +6,9 @@ completion, ordered prompt-major (the G completions of prompt 0 first, then prom
 Conventions:
   - `completion_tokens[i]` are the sampled ids exactly as generated (never decoded and
     re-encoded). A completion that stopped on an end-of-sequence token (`finished[i]`) keeps
-    that token as its last id, so the policy learns to stop; `texts[i]` excludes it.
+    that token as its last id, so the policy learns to stop; `texts[i]` excludes it. One that
+    stopped on a stop string (`stop_strings`, e.g. the closing answer tag) is also finished
+    and keeps the string in its tokens and text.
   - `token_offsets[i][j] = (start, end)` is token j's character span in `texts[i]`, from
     incremental decoding: the spans tile the text in order (each starts where the previous
     ends, the last ends at len(text)). A token owns the characters it completes: one that
@@ -31,7 +33,14 @@ import mlx.nn as nn
 from ospo_mlx.config import SamplingConfig
 from ospo_mlx.errors import ConfigError, OspoError
 
-__all__ = ["RolloutStats", "Rollouts", "SamplingConfig", "decode_with_offsets", "sample_groups"]
+__all__ = [
+    "RolloutStats",
+    "Rollouts",
+    "SamplingConfig",
+    "decode_with_offsets",
+    "sample_groups",
+    "stop_sequences",
+]
 
 
 @dataclass
@@ -170,6 +179,39 @@ def _prefix_offsets(
     return spans
 
 
+def stop_sequences(tokenizer, strings: Sequence[str]) -> list[list[int]]:
+    """Token sequences that end a completion on each of `strings`, as the model may write them.
+
+    A tag's tokens depend on what precedes and follows it ('mesh</answer>' vs 'a </answer>',
+    '>' merged with a newline), so each string is encoded in a few contexts and the tokens
+    from the context's end through the one that completes the string are kept.
+    """
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+
+    def encode(text: str) -> list[int]:
+        try:
+            return [int(t) for t in hf.encode(text, add_special_tokens=False)]
+        except TypeError:  # tokenizers without the keyword
+            return [int(t) for t in hf.encode(text)]
+
+    out: list[list[int]] = []
+    for string in strings:
+        for prefix in ("", "x", "a ", "x."):
+            for suffix in ("", "\n", " ", "."):
+                full, head = encode(prefix + string + suffix), encode(prefix) if prefix else []
+                # the context may merge with the string's first token ('a ' + '</' -> 'a', ' </')
+                common = 0
+                while common < min(len(head), len(full)) and head[common] == full[common]:
+                    common += 1
+                tail = full[common:]
+                for n in range(1, len(tail) + 1):
+                    if string in hf.decode(tail[:n]):
+                        if tail[:n] not in out:
+                            out.append(tail[:n])
+                        break
+    return out
+
+
 def _shared_prefill(model: nn.Module, prompt: list[int], step: int) -> list:
     """KV cache of prompt[:-1] (the batch generator feeds the last token itself)."""
     from mlx_lm.models.cache import make_prompt_cache
@@ -264,7 +306,7 @@ def sample_groups(
     gen = BatchGenerator(
         model,
         max_tokens=config.max_new_tokens,
-        stop_tokens=[[t] for t in eos_ids],
+        stop_tokens=[[t] for t in eos_ids] + stop_sequences(tokenizer, config.stop_strings),
         sampler=sampler,
         completion_batch_size=config.batch_size,
         prefill_batch_size=min(config.prefill_batch_size, config.batch_size),
@@ -309,10 +351,12 @@ def sample_groups(
 
     hf = getattr(tokenizer, "_tokenizer", tokenizer)
     texts, offsets = [], []
+    eos_set = set(eos_ids)
     for toks, done in zip(tokens, finished, strict=True):
-        body = toks[:-1] if done else toks
+        eos = done and bool(toks) and toks[-1] in eos_set  # else it stopped on a stop string
+        body = toks[:-1] if eos else toks
         text, spans = decode_with_offsets(hf.decode, body)
-        if done:
+        if eos:
             spans.append((len(text), len(text)))
         texts.append(text)
         offsets.append(spans)

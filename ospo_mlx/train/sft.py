@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,9 +82,15 @@ def _best_target(task: Task, catalog: Mapping[str, Product]) -> Product | None:
 def warmup_answer(task: Task, catalog: Mapping[str, Product]) -> str:
     """The warm-up answer: words the prompt already implies, never the hidden attributes.
 
+    choice tasks (with candidates): two or three of the listed phrases, drawn per task.
     query_expansion: the query, plus the category of its best product when the query does not
     already contain it. shopper_profile: the history's most common category and last title.
     """
+    if task.candidates:  # the choice task: a random few of the listed phrases, not the right ones
+        rng = np.random.default_rng(zlib.crc32(task.id.encode("utf-8")))
+        size = min(len(task.candidates), int(rng.integers(2, 4)))
+        picked = sorted(rng.choice(len(task.candidates), size=size, replace=False))
+        return ", ".join(task.candidates[i] for i in picked)
     if task.kind == "query_expansion":
         query = (task.query or "").strip()
         product = _best_target(task, catalog)

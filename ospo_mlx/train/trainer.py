@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import mlx.core as mx
 import numpy as np
 
 from ospo_mlx.attribution import credit
-from ospo_mlx.attribution.segment import SegmenterConfig
+from ospo_mlx.attribution.segment import SegmenterConfig, after_answer
 from ospo_mlx.config import TrainConfig, dump_config
 from ospo_mlx.data.schema import Product, Task, load_catalog, load_tasks
 from ospo_mlx.errors import ConfigError, OspoError
@@ -326,18 +326,25 @@ class Trainer:
         self.model.eval()  # no LoRA dropout while sampling
         # Draw 0 keeps the seed of a plain step; dynamic sampling's extra draws get new ones.
         seed = c.run.seed * 1_000_003 + step + 104_729 * self.world.rank + 15_485_863 * draw
+        tags = c.prompt.answer_tags
+        sampling = c.sampling
+        if sampling.stop_at_answer:  # nothing after </answer> is sampled, scored or trained
+            sampling = replace(sampling, stop_strings=(*sampling.stop_strings, tags[1]))
         rollouts = sample_groups(
-            self.model, self.tokenizer, prompts, c.sampling, num_generations=g, seed=seed
+            self.model, self.tokenizer, prompts, sampling, num_generations=g, seed=seed
         )
+        texts = list(rollouts.texts)
         return SampleRecord(
             indices=indices,
             tasks=[self.tasks[i] for i in indices for _ in range(g)],
             prompts=prompts,
-            texts=list(rollouts.texts),
+            texts=texts,
             ids=[list(map(int, t)) for t in rollouts.completion_tokens],
             offsets=list(rollouts.token_offsets),
             finished=list(rollouts.finished),
             seconds=time.perf_counter() - t0,
+            stopped_at_answer=[t.endswith(tags[1]) for t in texts],
+            after_answer=[after_answer(t, tags) for t in texts],
         )
 
     def score(
@@ -375,6 +382,10 @@ class Trainer:
             advantages=all_adv[mine], status=[st for _, st in scored],
             zeroed=np.array([text is None for text, _ in scored], dtype=bool),
             nonfinite=nonfinite, ndcg=ndcg, raw=np.asarray(raw, dtype=np.float64),
+            collapsed=np.array(
+                [retrieval is not None and retrieval.repeats_removed(t) > 0 for t in texts],
+                dtype=bool,
+            ),
             seconds=time.perf_counter() - t0,
         )  # fmt: skip
 
@@ -440,6 +451,7 @@ class Trainer:
         over the whole generation; then one StepPart per step, prompt-major.
         """
         c, g, o = self.config, self.config.optim.num_generations, self.config.optim
+        tags = c.prompt.answer_tags
         k = o.steps_per_generation
         need = o.batch_size * k  # prompts of the whole generation, over all ranks
         kept = GroupFilter(need // self.world.size, g, enabled=o.dynamic_sampling)
@@ -463,6 +475,8 @@ class Trainer:
             tasks=[self.tasks[i] for i in gen.task_indices for _ in range(g)],
             prompts=gen.prompts, texts=gen.texts, ids=gen.ids, offsets=gen.offsets,
             finished=gen.finished, seconds=t_sample,
+            stopped_at_answer=[t.endswith(tags[1]) for t in gen.texts],
+            after_answer=[after_answer(t, tags) for t in gen.texts],
         )  # fmt: skip
         score = self.score(sample, parts=gen.parts)
         score.seconds += t_score
