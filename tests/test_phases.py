@@ -97,3 +97,32 @@ def test_step_metrics_of_a_slice_count_only_its_completions():
     grpo = CreditRecord(None, credit.weights, credit.token_advantages)
     row = step_metrics(1, sample, score, grpo, update)
     assert row["ospo/unpaired_segments"] == 0 and row["ospo/credit_concentration"] == 0.0
+
+
+def test_answer_stop_run_on_and_repeat_counts_follow_their_slice():
+    from dataclasses import replace
+
+    sample, score, credit = records(world_size=1)
+    sample = replace(
+        sample,
+        stopped_at_answer=[True, True, False, True, False, False, False, True],
+        after_answer=[False, False, True, False, True, True, False, False],
+    )
+    score = replace(score, collapsed=np.array([1, 0, 0, 0, 1, 1, 1, 0], dtype=bool))
+    update = UpdateRecord({"loss": 0.5, "grad_norm": 1.0}, learning_rate=1e-3, seconds=0.5)
+    whole = step_metrics(1, sample, score, credit, update)
+    assert whole["completions/stopped_at_answer"] == 4 and whole["completions/after_answer"] == 3
+    assert whole["reward/collapsed_repeats"] == 4
+    first, second = (
+        step_metrics(1 + j, *p, update)
+        for j, p in enumerate(split_generation(sample, score, credit, 2, world_size=1))
+    )
+    assert (first["completions/stopped_at_answer"], second["completions/stopped_at_answer"]) == (
+        3,
+        1,
+    )
+    assert (first["completions/after_answer"], second["completions/after_answer"]) == (1, 2)
+    assert (first["reward/collapsed_repeats"], second["reward/collapsed_repeats"]) == (1, 3)
+    # records built without them (older callers): the counts are there, at zero
+    bare = step_metrics(1, records(world_size=1)[0], records(world_size=1)[1], credit, update)
+    assert bare["completions/after_answer"] == 0 and bare["reward/collapsed_repeats"] == 0

@@ -210,6 +210,7 @@ METRIC_KEYS = {
     "ospo/segments_mean", "ospo/coalitions", "ospo/no_answer_tags", "ospo/unclosed_answer",
     "ospo/format_zeroed", "ospo/unpaired_segments", "ospo/budget_raised", "ospo/exact_values",
     "ospo/credit_concentration",
+    "completions/stopped_at_answer", "completions/after_answer", "reward/collapsed_repeats",
     "time/sample", "time/reward", "time/attribution", "time/update", "time/step",
     "tokens_per_second", "peak_memory_gb",
 }  # fmt: skip
@@ -507,3 +508,28 @@ def test_format_tokens_end_to_end(repo_root, tmp_path, mode):
         assert np.mean(adv) == pytest.approx(row["advantage"], abs=1e-6)
         checked += int((~inside).any())
     assert checked > 0  # some completion had tokens outside its segments
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_stop_at_answer_hands_the_closing_tag_to_the_sampler(repo_root, tmp_path, monkeypatch, stop):
+    from ospo_mlx.train import rollout
+    from ospo_mlx.train.trainer import Trainer
+
+    seen = []
+    real = rollout.sample_groups
+
+    def spy(model, tok, prompts, config, **kw):
+        seen.append(config.stop_strings)
+        return real(model, tok, prompts, config, **kw)
+
+    monkeypatch.setattr(rollout, "sample_groups", spy)
+    cfg = tiny_config(
+        repo_root, tmp_path / "run", "optim.steps=1", f"sampling.stop_at_answer={str(stop).lower()}"
+    )
+    trainer = Trainer.from_config(cfg)
+    record = trainer.sample(1)
+    assert seen == [(cfg.prompt.answer_tags[1],) if stop else ()]
+    assert cfg.sampling.stop_strings == ()  # the run's config is left as written
+    close = cfg.prompt.answer_tags[1]
+    assert record.stopped_at_answer == [t.endswith(close) for t in record.texts]
+    assert len(record.after_answer) == len(record.texts)
