@@ -50,14 +50,9 @@ def bootstrap_mean_ci(
     values: Sequence[float], n_resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
 ) -> tuple[float, float, float]:
     """(mean, CI low, CI high): percentile bootstrap of the mean (a single value: no width)."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError("bootstrap_mean_ci needs a non-empty 1-D sequence")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(x.mean()), float(low), float(high)
+    from ospo_mlx.eval import bootstrap_mean_ci as bootstrap
+
+    return bootstrap(values, n_resamples, seed, confidence)
 
 
 def paired_diff_ci(

@@ -68,6 +68,20 @@ class EvalArgs:
     )
 
 
+def bootstrap_mean_ci(
+    values: Sequence[float], n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean, CI low, CI high): percentile bootstrap of the mean of `values`."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError("the bootstrap needs a non-empty 1-D sequence")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(x.mean()), float(low), float(high)
+
+
 def paired_bootstrap(
     a: np.ndarray, b: np.ndarray, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
 ) -> tuple[float, float, float]:
@@ -75,11 +89,7 @@ def paired_bootstrap(
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if diff.ndim != 1 or diff.size == 0:
         raise ValueError("paired_bootstrap needs two equal-length, non-empty 1-D arrays")
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(n_resamples, diff.size))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return float(diff.mean()), float(low), float(high)
+    return bootstrap_mean_ci(diff, n_resamples, seed, confidence)
 
 
 def raw_text(task: Any, catalog: dict[str, Any]) -> str:
