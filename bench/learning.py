@@ -8,12 +8,14 @@ sample (train/test split by query), `--task demo` on the free-form synthetic dem
 
 1. A LoRA SFT warm-up teaches the answer format (on choice: a random two or three of the
    listed phrases, never chosen by correctness), once; every run starts from its adapters.
+   RL trains on a pool of `--rl-tasks` prompts that the warm-up never saw (it learns on the
+   other training tasks), so the question is how fast each algorithm learns those prompts.
 2. Each variant (VARIANTS: GRPO, OSPO at the paper's settings, OSPO at our best credit
    settings) trains from there with the same seeds, sample budget and hyper-parameters.
 3. Reported: per-step reward curves with 95% bands (terminal and PNG), the area under the
    curve and steps-to-target per variant, the paired OSPO - GRPO AUC difference with its 95%
-   bootstrap CI over seeds, held-out greedy reward under the training retriever and BM25
-   against the raw query and the warm-up, format and degeneracy rates (distinct-word ratio,
+   bootstrap CI over seeds, greedy reward on the trained prompts and on held-out tasks under
+   the training retriever and BM25 against the raw query and the warm-up, format and degeneracy rates (distinct-word ratio,
    repetition rate, length), and a power plan (seeds x steps to detect a 25% difference).
 
     python bench/learning.py                      # full: 5 seeds x 3 variants x 60 steps
@@ -109,6 +111,28 @@ def prepare_data(args: Any, out: Path) -> tuple[Path, dict[str, dict[str, str]]]
         write_dataset(data, catalog, tasks, report)
     extra = json.loads(summary.read_text(encoding="utf-8")).get("extra", {})
     return data, extra.get("hidden_intents", {})
+
+
+def split_train(args: Any, data: Path, out: Path) -> tuple[Path, Path]:
+    """(RL pool, warm-up tasks): the first `--rl-tasks` training tasks and the rest.
+
+    The warm-up learns the answer format on tasks RL never sees, so it carries no memorized
+    answer for an RL prompt. `--rl-tasks 0` trains both on every training task."""
+    lines = (data / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = [line for line in lines if line.strip()]
+    if args.rl_tasks == 0:
+        return data / "train.jsonl", data / "train.jsonl"
+    if args.rl_tasks >= len(lines):
+        raise OspoError(
+            f"--rl-tasks {args.rl_tasks} leaves no warm-up task: {data / 'train.jsonl'} has "
+            f"{len(lines)} tasks; pass a smaller --rl-tasks (or 0 to share them)"
+        )
+    split = out / "split"
+    split.mkdir(parents=True, exist_ok=True)
+    rl, sft = split / "rl.jsonl", split / "sft.jsonl"
+    rl.write_text("\n".join(lines[: args.rl_tasks]) + "\n", encoding="utf-8")
+    sft.write_text("\n".join(lines[args.rl_tasks :]) + "\n", encoding="utf-8")
+    return rl, sft
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -244,20 +268,21 @@ def raw_query_eval(trainer: Any, tasks: list[Any], bm25: Any) -> dict[str, float
 # ----------------------------------------------------------------------------- runs
 
 
-def base_config(args: Any, data: Path, extra: list[str] | None = None) -> Any:
-    """The config file, the task's data, --quick sizes, --set, then `extra` (a variant's)."""
+def base_config(args: Any, data: Path, train: Path, extra: list[str] | None = None) -> Any:
+    """The config file, the task's data (`train`: its RL pool), --quick sizes, --set, then
+    `extra` (a variant's)."""
     from ospo_mlx.config import load_config
 
-    overrides = [f"data.catalog={data / 'catalog.jsonl'}", f"data.train={data / 'train.jsonl'}"]
+    overrides = [f"data.catalog={data / 'catalog.jsonl'}", f"data.train={train}"]
     if args.quick:  # small sample budget; explicit --set values still win (they come later)
         overrides += ["optim.batch_size=2", "optim.num_generations=4"]
     overrides += [*(args.set or []), *(extra or [])]
     return load_config(args.config, overrides, **{"model.name": args.model})
 
 
-def run_config(variant: str, seed: int, args: Any, data: Path, out: Path) -> Any:
+def run_config(variant: str, seed: int, args: Any, data: Path, train: Path, out: Path) -> Any:
     algorithm, overrides = VARIANTS[variant]
-    cfg = base_config(args, data, overrides)
+    cfg = base_config(args, data, train, overrides)
     cfg.algorithm = algorithm
     cfg.optim.steps = args.steps
     cfg.run.seed = seed
@@ -287,13 +312,17 @@ def train_one(cfg: Any, sft_dir: Path, ctx: dict[str, Any]) -> dict[str, Any]:
         load_adapter_weights(trainer.model, sft_dir)
     else:
         log(f"{cfg.run.name}: resuming at step {trainer.step}")
-    if ctx.get("start") is None and ctx["test"]:  # the warm-up's own held-out scores, once
+    if ctx.get("start") is None and ctx["test"]:  # the warm-up's own scores, once
         start = heldout_eval(trainer, ctx["test"], ctx["bm25"], ctx["hidden"])
         start["raw_query"] = raw_query_eval(trainer, ctx["test"], ctx["bm25"])
+        start["trained"] = heldout_eval(trainer, ctx["pool"], ctx["bm25"], ctx["hidden"])
+        start["trained"]["raw_query"] = raw_query_eval(trainer, ctx["pool"], ctx["bm25"])
         ctx["start"] = start
         ctx["start_path"].write_text(json.dumps(start, indent=2) + "\n", encoding="utf-8")
         log(
-            f"warm-up: held-out {start['reward']:.4f} (raw query {start['raw_query']['reward']:.4f})"
+            f"warm-up: held-out {start['reward']:.4f} (raw query {start['raw_query']['reward']:.4f}), "
+            f"trained prompts {start['trained']['reward']:.4f} "
+            f"(raw query {start['trained']['raw_query']['reward']:.4f})"
         )
 
     def on_step(step: int, m: dict[str, float]) -> None:
@@ -309,8 +338,14 @@ def train_one(cfg: Any, sft_dir: Path, ctx: dict[str, Any]) -> dict[str, Any]:
     rows = {int(r["step"]): r for r in read_metrics(run_dir)[0] if "step" in r}
     history = [rows[s] for s in sorted(rows)]
     test = heldout_eval(trainer, ctx["test"], ctx["bm25"], ctx["hidden"]) if ctx["test"] else None
-    if test:
-        log(f"{cfg.run.name}: held-out {test['reward']:.4f}, BM25 {test['bm25']:.4f}")
+    trained = (
+        heldout_eval(trainer, ctx["pool"], ctx["bm25"], ctx["hidden"]) if ctx["test"] else None
+    )
+    if test and trained:
+        log(
+            f"{cfg.run.name}: held-out {test['reward']:.4f}, BM25 {test['bm25']:.4f}; "
+            f"trained prompts {trained['reward']:.4f}, BM25 {trained['bm25']:.4f}"
+        )
     result = {
         "variant": cfg.run.name.rsplit("-seed", 1)[0],
         "algorithm": cfg.algorithm,
@@ -326,6 +361,7 @@ def train_one(cfg: Any, sft_dir: Path, ctx: dict[str, Any]) -> dict[str, Any]:
         "step_time_s": statistics.median(h["time/step"] for h in history),
         "train_seconds": seconds,
         "test": test,
+        "trained": trained,
     }
     del trainer
     gc.collect()
@@ -368,6 +404,21 @@ def warm_up(base: Any, args: Any, out: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- summary
 
 
+EVAL_KEYS = (
+    "reward", "bm25", "format_rate", "after_answer_rate", "mean_tokens", "distinct_word_ratio",
+    "repetition_rate", "answer_words", "right_precision", "right_recall",
+)  # fmt: skip
+
+
+def _eval_summary(evaluation: dict | None) -> dict | None:
+    """An evaluation without its per-task lists and nested evaluations."""
+    if not evaluation:
+        return None
+    skip = ("raw_query", "per_task", "trained", "texts")
+    out = {k: v for k, v in evaluation.items() if k not in skip}
+    return {**out, "examples": evaluation.get("texts", [])[:3]}
+
+
 def summarize(runs: list[dict[str, Any]], args: Any, start: dict | None) -> dict[str, Any]:
     """The learning.json body: AUCs, paired differences, bands, held-out, power plan.
 
@@ -404,12 +455,13 @@ def summarize(runs: list[dict[str, Any]], args: Any, start: dict | None) -> dict
                 for k in choice[0]
                 if all(c[k] for c in choice)
             }
-        if tests:
-            for key in ("reward", "bm25", "format_rate", "after_answer_rate", "mean_tokens",
-                        "distinct_word_ratio", "repetition_rate", "answer_words",
-                        "right_precision", "right_recall"):  # fmt: skip
-                if key in tests[0]:
-                    row[f"heldout_{key}"] = S.bootstrap_mean_ci([t[key] for t in tests])
+        for prefix, evals in (
+            ("heldout", tests),
+            ("trained", [r["trained"] for r in rs if r.get("trained")]),
+        ):
+            for key in EVAL_KEYS:
+                if evals and key in evals[0]:
+                    row[f"{prefix}_{key}"] = S.bootstrap_mean_ci([t[key] for t in evals])
         per[v] = row
     diffs = {}
     if BASELINE in by:
@@ -445,9 +497,12 @@ def summarize(runs: list[dict[str, Any]], args: Any, start: dict | None) -> dict
         "diff_auc_ci95": {v: d["ci95"] for v, d in diffs.items()},
         "heldout": {v: {k[8:]: per[v][k] for k in per[v] if k.startswith("heldout_")} for v in per},
         "raw_query_heldout": (start or {}).get("raw_query"),
-        "warmup_heldout": {k: start[k] for k in start if k not in ("raw_query", "per_task")}
-        if start
-        else None,
+        "warmup_heldout": _eval_summary(start),
+        "trained_prompts": {
+            v: {k[8:]: per[v][k] for k in per[v] if k.startswith("trained_")} for v in per
+        },
+        "raw_query_trained_prompts": ((start or {}).get("trained") or {}).get("raw_query"),
+        "warmup_trained_prompts": _eval_summary((start or {}).get("trained")),
         "per_variant": per,
         "power": power,
     }
@@ -460,11 +515,11 @@ def plot_bands_png(summary: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         return None
     curves = {v: row["curve"] for v, row in summary["per_variant"].items()}
-    refs = {}
-    if summary.get("raw_query_heldout"):
-        refs["raw query (held-out)"] = summary["raw_query_heldout"]["reward"]
-    if summary.get("warmup_heldout"):
-        refs["warm-up (held-out)"] = summary["warmup_heldout"]["reward"]
+    refs = {}  # the curves are the trained prompts' rewards: their references, greedy
+    if summary.get("raw_query_trained_prompts"):
+        refs["raw query"] = summary["raw_query_trained_prompts"]["reward"]
+    if summary.get("warmup_trained_prompts"):
+        refs["warm-up (greedy)"] = summary["warmup_trained_prompts"]["reward"]
     try:
         return plot_bands(
             curves, path, refs, title=f"training reward, {summary['window']}-step mean"
@@ -488,12 +543,13 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         f"warm-up: {result['sft']['steps']} SFT steps, loss {result['sft']['first_loss']:.3f} -> "
         f"{result['sft']['final_loss']:.3f}",
     ]
-    if s["warmup_heldout"]:
-        w, r = s["warmup_heldout"], s["raw_query_heldout"]
-        lines.append(
-            f"held-out: warm-up {w['reward']:.4f} (BM25 {w['bm25']:.4f}), raw query "
-            f"{r['reward']:.4f} (BM25 {r['bm25']:.4f})"
-        )
+    for label, key in (("trained prompts", "trained_prompts"), ("held-out", "heldout")):
+        w, r = s.get(f"warmup_{key}"), s.get(f"raw_query_{key}")
+        if w and r:
+            lines.append(
+                f"{label}: warm-up {w['reward']:.4f} (BM25 {w['bm25']:.4f}), raw query "
+                f"{r['reward']:.4f} (BM25 {r['bm25']:.4f})"
+            )
     curves = [row["curve"] for row in s["per_variant"].values()]
     lo = min(min(c["mean"]) for c in curves) if curves else 0
     hi = max(max(c["mean"]) for c in curves) if curves else 1
@@ -507,12 +563,19 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"{v}: AUC {fmt_ci(row['auc_mean_ci95'])}, reached target {row['reached_target']}"
         )
-        if "heldout_reward" in row:
-            lines.append(
-                f"  held-out {fmt_ci(row['heldout_reward'])}, BM25 {fmt_ci(row['heldout_bm25'])}, "
-                f"format {row['heldout_format_rate'][0]:.2f}, distinct words "
-                f"{row['heldout_distinct_word_ratio'][0]:.2f}, words {row['heldout_answer_words'][0]:.1f}"
-            )
+        for label, key in (("trained prompts", "trained"), ("held-out", "heldout")):
+            if f"{key}_reward" in row:
+                lines.append(
+                    f"  {label} {fmt_ci(row[f'{key}_reward'])}, BM25 {fmt_ci(row[f'{key}_bm25'])}, "
+                    f"format {row[f'{key}_format_rate'][0]:.2f}, distinct words "
+                    f"{row[f'{key}_distinct_word_ratio'][0]:.2f}, words "
+                    f"{row[f'{key}_answer_words'][0]:.1f}"
+                    + (
+                        f", right precision {row[f'{key}_right_precision'][0]:.2f}"
+                        if f"{key}_right_precision" in row
+                        else ""
+                    )
+                )
     for v, row in s["per_variant"].items():
         c = row.get("choice")
         if c and c.get("right_precision"):
@@ -568,6 +631,12 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--train-tasks", type=int, default=200, help="choice: training tasks")
     parser.add_argument("--test-tasks", type=int, default=None, help="held-out tasks (50)")
     parser.add_argument(
+        "--rl-tasks",
+        type=int,
+        default=16,
+        help="RL prompt pool: the first N training tasks (the warm-up uses the rest; 0 = all)",
+    )
+    parser.add_argument(
         "--esci-source", default="../shared/data/esci-sample", help="ESCI files (--task esci)"
     )
     parser.add_argument(
@@ -588,6 +657,8 @@ def parse_args(argv: list[str] | None = None) -> Any:
     args.algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     if not args.algorithms or set(args.algorithms) - set(VARIANTS):
         parser.error(f"--algorithms takes a comma-separated subset of {','.join(VARIANTS)}")
+    if args.rl_tasks < 0:
+        parser.error("--rl-tasks must be 0 (every training task) or more")
     if min(args.seeds, args.steps, args.window, args.save_every) < 1:
         parser.error("--seeds, --steps, --window and --save-every must be at least 1")
     return args
@@ -604,12 +675,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     data, hidden = prepare_data(args, out)
-    base = base_config(args, data)
+    rl_train, sft_train = split_train(args, data, out)
+    base = base_config(args, data, rl_train)
     catalog = load_catalog(data / "catalog.jsonl")
     test = load_tasks(data / "test.jsonl", catalog)[: args.test_tasks] if args.test_tasks else []
+    pool = load_tasks(rl_train, catalog)
     start_path = out / "start_eval.json"
     ctx: dict[str, Any] = {
         "test": test,
+        "pool": pool,
         "hidden": hidden,
         "bm25": BM25Retriever(catalog) if test else None,
         "start": json.loads(start_path.read_text()) if start_path.is_file() else None,
@@ -622,11 +696,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise OspoError(f"{out}: no finished warm-up to report; run without --report-only")
         sft = json.loads(sft_path.read_text(encoding="utf-8"))
     else:
-        sft = warm_up(base, args, out)
+        sft = warm_up(base_config(args, data, sft_train), args, out)
     runs = []
     for seed in range(args.seeds):  # interleaved, so a partial bench stays balanced
         for variant in VARIANTS:
-            cfg = run_config(variant, seed, args, data, out)
+            cfg = run_config(variant, seed, args, data, rl_train, out)
             done = Path(cfg.run.out) / "result.json"
             if done.is_file():
                 runs.append(json.loads(done.read_text(encoding="utf-8")))
@@ -657,8 +731,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "diff_auc_ci95",
                 "heldout",
                 "raw_query_heldout",
+                "trained_prompts",
+                "raw_query_trained_prompts",
+                "warmup_trained_prompts",
             )
         },
+        "rl_tasks": len(pool),
         "task": args.task,
         "model": base.model.name or "smollm2-135m-instruct",
         "config": args.config,
