@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ospo_mlx.data.pools import build_pool, split_keys
+from ospo_mlx.data.pools import build_pool, build_pool_rows, split_keys
 from ospo_mlx.data.report import ConversionReport
 from ospo_mlx.data.schema import (
     HistoryItem,
@@ -136,6 +136,52 @@ def test_build_pool_properties(n_catalog, n_labelled, n_related, pool_size, seed
         labelled, pool_size, np.random.default_rng(seed), catalog_ids=ids, related_ids=related
     )
     assert pool == again
+
+
+def _pool_both_ways(n_catalog, labelled, related, pool_size, seed, fraction, draws=3):
+    """build_pool on string ids and build_pool_rows on rows, one Generator each, `draws` pools."""
+    ids = [f"p{i}" for i in range(n_catalog)]
+    rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+    taken = np.zeros(n_catalog, dtype=bool)
+    for _ in range(draws):  # successive pools: the Generators must stay in step
+        old = build_pool(
+            [ids[i] for i in labelled],
+            pool_size,
+            rng_a,
+            catalog_ids=ids,
+            related_ids=[ids[i] for i in related],
+            related_fraction=fraction,
+        )
+        new = build_pool_rows(
+            np.array(labelled, dtype=np.int64),
+            pool_size,
+            rng_b,
+            n_catalog=n_catalog,
+            related_rows=np.array(related, dtype=np.int64),
+            taken=taken,
+            related_fraction=fraction,
+        )
+        assert [ids[i] for i in new] == old
+        assert not taken.any()  # the scratch mask is handed back clean
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), n_catalog=st.integers(1, 80), pool_size=st.integers(1, 60))
+def test_build_pool_rows_equals_build_pool(data, n_catalog, pool_size):
+    def rows(min_size):
+        return st.lists(st.integers(0, n_catalog - 1), min_size=min_size, unique=True)
+
+    labelled = data.draw(rows(pool_size % 2), label="labelled")  # empty allowed half the time
+    related = data.draw(rows(0), label="related")  # any order, may overlap the labelled rows
+    fraction = data.draw(st.sampled_from([0.0, 0.3, 0.5, 1.0]), label="fraction")
+    _pool_both_ways(n_catalog, labelled, related, pool_size, data.draw(st.integers(0, 99)), fraction)
+
+
+@pytest.mark.parametrize("n_related", [50, 9_000, 20_000])
+def test_build_pool_rows_equals_build_pool_at_catalog_scale(n_related):
+    """Past 10,000 candidates numpy's choice switches algorithm (Floyd's instead of a shuffle)."""
+    related = list(np.random.default_rng(1).choice(30_000, size=n_related, replace=False))
+    _pool_both_ways(30_000, [int(related[0])], related, 100, seed=7, fraction=0.5, draws=20)
 
 
 @given(n=st.integers(0, 200), frac=st.floats(0, 1), seed=st.integers(0, 100))
