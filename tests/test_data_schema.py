@@ -174,7 +174,8 @@ def test_build_pool_rows_equals_build_pool(data, n_catalog, pool_size):
     labelled = data.draw(rows(pool_size % 2), label="labelled")  # empty allowed half the time
     related = data.draw(rows(0), label="related")  # any order, may overlap the labelled rows
     fraction = data.draw(st.sampled_from([0.0, 0.3, 0.5, 1.0]), label="fraction")
-    _pool_both_ways(n_catalog, labelled, related, pool_size, data.draw(st.integers(0, 99)), fraction)
+    seed = data.draw(st.integers(0, 99), label="seed")
+    _pool_both_ways(n_catalog, labelled, related, pool_size, seed, fraction)
 
 
 @pytest.mark.parametrize("n_related", [50, 9_000, 20_000])

@@ -60,7 +60,11 @@ def build_pool(
 
 
 def sample_negative_rows(
-    candidates: np.ndarray | int, taken: np.ndarray, n: int, n_excluded: int, rng: np.random.Generator
+    candidates: np.ndarray | int,
+    taken: np.ndarray,
+    n: int,
+    n_excluded: int,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """`sample_negatives` over integer row ids, with one mask lookup per draw, not a Python loop.
 
@@ -110,9 +114,7 @@ def build_pool_rows(
     taken[labelled] = True
     room = pool_size - n_pool
     if room > 0 and len(related_rows):
-        got = sample_negative_rows(
-            related_rows, taken, round(room * related_fraction), n_pool, rng
-        )
+        got = sample_negative_rows(related_rows, taken, round(room * related_fraction), n_pool, rng)
         taken[got] = True
         parts.append(got)
         n_pool += len(got)
