@@ -208,7 +208,7 @@ def test_fast_task_dict_equals_asdict(hm_files, esci_files):
 
     from ospo_mlx.data.schema import HistoryItem, Task, to_dict
 
-    tasks = list(stream_hm(hm_files, HmConfig(min_purchases=2))[1])[:200]
+    tasks = convert_hm(hm_files, HmConfig(min_purchases=2))[1][:200]
     tasks += convert_esci(esci_files, EsciConfig(version="all"))[1][:200]
     tasks += [
         Task("a", "query_expansion", {"p": 1.0}, query="q"),  # no pool, no history

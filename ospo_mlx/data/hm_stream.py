@@ -5,7 +5,8 @@ of `transactions_train.csv` becomes three int32 arrays (customer code in order o
 appearance, date code, article row), so 31.8M rows hold ~400 MB instead of several GB of
 Python objects. One stable sort by (customer, date) then gives every history in file order of
 ties, and repeats, counts and the last `max_history` purchases are array operations. Tasks are
-yielded one at a time for `report.write_dataset` to stream to disk.
+yielded one at a time, already as their JSONL lines (`hm_lines`: no Task objects, pools drawn
+over catalog rows), for `report.write_dataset` to stream to disk.
 """
 
 from __future__ import annotations
@@ -18,16 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ospo_mlx.data.hm import (
-    ARTICLES,
-    CUSTOMERS,
-    TRANSACTIONS,
-    HmConfig,
-    build_tasks,
-    read_articles,
-)
+from ospo_mlx.data.hm import ARTICLES, CUSTOMERS, TRANSACTIONS, HmConfig, read_articles
+from ospo_mlx.data.hm_lines import HmLineEncoder, hm_task_lines
 from ospo_mlx.data.report import ConversionReport
-from ospo_mlx.data.schema import HistoryItem, Product, Task
+from ospo_mlx.data.schema import Product, TaskLine
 from ospo_mlx.data.stream import ProgressFn, StreamOptions, iter_csv
 from ospo_mlx.errors import DataError
 
@@ -172,8 +167,12 @@ def stream_hm(
     cfg: HmConfig | None = None,
     options: StreamOptions | None = None,
     progress: ProgressFn | None = None,
-) -> tuple[dict[str, Product], Iterator[Task], ConversionReport]:
-    """`hm.convert_hm` for files of any size: the same catalog, tasks (lazily) and report."""
+) -> tuple[dict[str, Product], Iterator[TaskLine], ConversionReport]:
+    """`hm.convert_hm` for files of any size: the same catalog, tasks and report.
+
+    Tasks come lazily as TaskLines (their JSONL text); `schema.task_from_dict(json.loads(line))`
+    gives the Task back where objects are wanted.
+    """
     cfg = cfg or HmConfig()
     cfg.validate()
     options = options or StreamOptions()
@@ -213,14 +212,21 @@ def stream_hm(
             f"{folder}: no customer has {cfg.min_purchases} or more purchases; lower --min-purchases"
         )
     kept = [customer_ids[i] for i in kept_codes]
-
-    def histories() -> Iterator[tuple[str, list[HistoryItem]]]:
-        for customer, code in zip(kept, kept_codes, strict=True):
-            end = int(starts[code] + counts[code])
-            lo = max(int(starts[code]), end - cfg.max_history - 1)  # the history and the target
-            yield customer, [HistoryItem(pids[a[i]], date_values[d[i]]) for i in range(lo, end)]
-
-    return products, build_tasks(kept, histories(), products, groups, cfg, report), report
+    group_names = [groups[p] for p in pids]
+    group_codes = np.unique(np.array(group_names, dtype=object), return_inverse=True)[1]
+    tasks = hm_task_lines(
+        kept,
+        kept_codes,
+        starts,
+        counts,
+        d,
+        a,
+        group_codes.astype(np.int64).ravel(),
+        HmLineEncoder(pids, date_values),
+        cfg,
+        report,
+    )
+    return products, tasks, report
 
 
 def _known_customers(

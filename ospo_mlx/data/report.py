@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ospo_mlx.data.schema import Product, Task, to_dict, write_jsonl
+from ospo_mlx.data.schema import Product, Task, TaskLine, to_dict, write_jsonl
 
 
 @dataclass
@@ -79,14 +79,14 @@ class ConversionReport:
 def write_dataset(
     out_dir: str | Path,
     catalog: Mapping[str, Product] | Iterable[Product],
-    tasks: Iterable[Task],
+    tasks: Iterable[Task | TaskLine],
     report: ConversionReport,
 ) -> dict[str, Path]:
     """Write catalog.jsonl, train.jsonl, test.jsonl and summary.json into `out_dir`.
 
     Tasks go to the file named by their split ('train' or 'test'), written as they are
     iterated (a generator is never held whole); the kept counts are filled into the report
-    before summary.json is written.
+    before summary.json is written. A TaskLine is written as its ready-made line.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,10 @@ def write_dataset(
                     "w", encoding="utf-8"
                 )
                 counts[task.split] = 0
-            files[task.split].write(json.dumps(to_dict(task), ensure_ascii=False) + "\n")
+            if type(task) is TaskLine:
+                files[task.split].write(task.line + "\n")
+            else:
+                files[task.split].write(json.dumps(to_dict(task), ensure_ascii=False) + "\n")
             counts[task.split] += 1
     except BaseException:
         for split in files:

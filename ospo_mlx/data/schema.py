@@ -75,6 +75,18 @@ class Task:
         return [pid for pid, gain in self.targets.items() if gain > 0]
 
 
+@dataclass(frozen=True, slots=True)
+class TaskLine:
+    """A task already encoded as its JSONL line (no newline): what `write_dataset` writes.
+
+    Converters that build lines straight from arrays (`hm_lines`) yield these instead of Tasks;
+    `line` must equal `json.dumps(to_dict(task), ensure_ascii=False)` of the Task it stands for.
+    """
+
+    split: str
+    line: str
+
+
 def _require(row: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in row:
         raise DataError(f"{where}: missing column '{key}'")

@@ -1,0 +1,114 @@
+"""H&M tasks as JSONL lines built straight from the streaming converter's arrays.
+
+`hm.build_tasks` makes a Task with HistoryItems and string pools per customer, and
+`report.write_dataset` turns each into a dict and then JSON: together most of the CPU of a
+full-size conversion (878k tasks). Here a line is joined from JSON fragments computed once per
+article and once per date, and pools are drawn over catalog rows (`pools.build_pool_rows`,
+the same Generator calls in the same order), so the text is `json.dumps(to_dict(task))` byte
+for byte (tests/test_stream.py checks whole files against `hm.convert_hm`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ospo_mlx.data.hm import HmConfig
+from ospo_mlx.data.pools import build_pool_rows, split_keys
+from ospo_mlx.data.report import ConversionReport
+from ospo_mlx.data.schema import TaskLine
+
+
+def _json(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+class HmLineEncoder:
+    """A shopper-profile task's JSONL line from catalog rows and date codes.
+
+    The keys, their order, separators and escaping are those of `json.dumps(to_dict(task),
+    ensure_ascii=False)` for the Task `hm.build_tasks` makes (no query, no candidates).
+    """
+
+    def __init__(self, pids: Sequence[str], date_values: Sequence[str]) -> None:
+        self.pid = np.array([_json(p) for p in pids], dtype=object)
+        # A history item is '{"product_id": P, "date": D}': one half per article, one per date.
+        self.item_head = np.array(
+            ['{"product_id": ' + q + ', "date": ' for q in self.pid], dtype=object
+        )
+        self.item_tail = np.array([_json(d) + "}" for d in date_values], dtype=object)
+
+    def line(
+        self,
+        customer: str,
+        target: int,
+        history_rows: np.ndarray,
+        history_dates: np.ndarray,
+        pool: np.ndarray,
+        split: str,
+    ) -> str:
+        """The line of task `hm-<customer>`: target row, history (rows, date codes), pool rows."""
+        parts = [
+            '{"id": ',
+            _json("hm-" + customer),
+            ', "kind": "shopper_profile", "targets": {',
+            self.pid[target],
+            ": 1.0}",
+        ]
+        if len(history_rows):  # to_dict drops empty fields
+            items = self.item_head[history_rows] + self.item_tail[history_dates]
+            parts += [', "history": [', ", ".join(items.tolist()), "]"]
+        if len(pool):
+            parts += [', "pool": [', ", ".join(self.pid[pool].tolist()), "]"]
+        parts += [', "split": ', _json(split), "}"]
+        return "".join(parts)
+
+
+def hm_task_lines(
+    kept: list[str],
+    kept_codes: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    dates: np.ndarray,
+    articles: np.ndarray,
+    group_codes: np.ndarray,
+    encoder: HmLineEncoder,
+    cfg: HmConfig,
+    report: ConversionReport,
+) -> Iterator[TaskLine]:
+    """`hm.build_tasks` over arrays: one line per kept customer, in `kept` order.
+
+    `starts`/`counts` per customer code index the sorted, merged `dates`/`articles` (catalog
+    rows); `group_codes` is each catalog row's product group code (the related negatives).
+    """
+    test_ids = split_keys(kept, cfg.test_fraction, cfg.seed)
+    report.note(f"split: seeded by customer (test_fraction={cfg.test_fraction}, seed={cfg.seed})")
+    # Rows of each group in catalog order, as `build_tasks`' by_group lists.
+    by_group = np.argsort(group_codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(group_codes))])
+    n_catalog = len(group_codes)
+    taken = np.zeros(n_catalog, dtype=bool)
+    rng = np.random.default_rng(cfg.seed)
+    for customer, code in zip(kept, kept_codes.tolist(), strict=True):
+        end = int(starts[code] + counts[code])
+        target = int(articles[end - 1])
+        lo = max(int(starts[code]), end - 1 - cfg.max_history)
+        g = group_codes[target]
+        pool = build_pool_rows(
+            articles[end - 1 : end].astype(np.int64),
+            cfg.pool_size,
+            rng,
+            n_catalog=n_catalog,
+            related_rows=by_group[bounds[g] : bounds[g + 1]],
+            taken=taken,
+            related_fraction=cfg.related_fraction,
+        )
+        split = "test" if customer in test_ids else "train"
+        yield TaskLine(
+            split,
+            encoder.line(
+                customer, target, articles[lo : end - 1], dates[lo : end - 1], pool, split
+            ),
+        )
