@@ -220,6 +220,26 @@ def test_fast_task_dict_equals_asdict(hm_files, esci_files):
         assert json.dumps(fast, ensure_ascii=False) == json.dumps(ref, ensure_ascii=False)
 
 
+def test_fast_product_dict_equals_asdict(hm_files, esci_files):
+    """The hand-built product dict is `asdict`'s, attributes and empty fields included."""
+    import json
+
+    from ospo_mlx.data.schema import Product, to_dict
+
+    products = list(convert_hm(hm_files, HmConfig(min_purchases=2))[0].values())[:200]
+    products += list(convert_esci(esci_files, EsciConfig(version="all"))[0].values())[:200]
+    products += [
+        Product("a", "t", attributes={"size": "M", "fit": "slim"}),  # a nested dict
+        Product("b", "", brand="", color=None, bullets="x"),  # "" is kept, None dropped
+    ]
+    assert any(p.attributes for p in products) and any(p.brand for p in products)
+    for product in products:
+        fast, ref = to_dict(product), _asdict_reference(product)
+        assert json.dumps(fast, ensure_ascii=False) == json.dumps(ref, ensure_ascii=False)
+        if product.attributes:  # a copy, as asdict's: the record is not aliased
+            assert fast["attributes"] is not product.attributes
+
+
 def _ospo(args: list[str], capsys) -> tuple[int, str, str]:
     """`ospo ARGS` through cli.main.main() in this process."""
     import sys

@@ -175,6 +175,18 @@ def to_dict(record: Product | Task) -> dict[str, Any]:
             "split": record.split,
             "candidates": list(record.candidates) if record.candidates is not None else None,
         }
+    elif type(record) is Product:
+        # By hand too (catalogs of a million products); attributes copied as `asdict` does.
+        raw = {
+            "product_id": record.product_id,
+            "title": record.title,
+            "brand": record.brand,
+            "color": record.color,
+            "category": record.category,
+            "description": record.description,
+            "bullets": record.bullets,
+            "attributes": dict(record.attributes),
+        }
     else:
         raw = asdict(record)
     return {k: v for k, v in raw.items() if v not in (None, [], {})}
