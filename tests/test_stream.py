@@ -279,3 +279,47 @@ def test_cli_generate_convert_and_index_end_to_end(tmp_path, capsys):
     code, _, err = _ospo(["index", "build", "--catalog", str(tmp_path / "out" / "catalog.jsonl"),
                           "--out", str(tmp_path / "idx2"), "--dtype", "q4"], capsys)  # fmt: skip
     assert code == 2 and "index dtype must be one of" in err and "Traceback" not in err
+
+
+def test_hm_stream_escapes_customer_ids_as_json_dumps(tmp_path):
+    """Ids JSON must escape (quote, backslash, control, non-ASCII) give the same bytes both ways."""
+    import csv
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "articles.csv").write_text(
+        "article_id,prod_name,product_type_name,product_group_name,colour_group_name,detail_desc\n"
+        "108775015,Strap top,Vest top,Garment Upper body,Black,Jersey top.\n"
+        "108775044,Strap top,Vest top,Garment Upper body,White,Jersey top.\n"
+        "110065001,OP T-shirt,Bra,Underwear,Black,Microfibre.\n"
+    )
+    odd = ['c"1', "c\\2", "c\u00e93", "c\u20ac\U0001f6424", "c\t5", "c\x016", "c/7"]
+    with (folder / "transactions_train.csv").open("w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(["t_dat", "customer_id", "article_id", "price", "sales_channel_id"])
+        for day, art in (("2018-09-20", 108775015), ("2018-09-21", 110065001),
+                         ("2018-09-22", 108775044)):  # fmt: skip
+            for c in odd:
+                out.writerow([day, c, art, 0.01, 1])
+    cfg = HmConfig(min_purchases=2, pool_size=3, test_fraction=0.5)
+    old = convert_hm(folder, cfg)
+    assert [t.id for t in old[1]] == [f"hm-{c}" for c in odd]  # every odd id became a task
+    _same_files(tmp_path, old, stream_hm(folder, cfg, SMALL))
+
+
+def test_hm_line_encoder_drops_an_empty_history_as_to_dict():
+    import json
+
+    import numpy as np
+
+    from ospo_mlx.data.hm_lines import HmLineEncoder
+    from ospo_mlx.data.schema import HistoryItem, Task, to_dict
+
+    enc = HmLineEncoder(["0000000001", "0000000002"], ["2020-01-01", 'd"x'])
+    for rows, days in (([], []), ([1, 0], [1, 0])):
+        got = enc.line("k", 1, np.array(rows, int), np.array(days, int), np.array([1, 0]), "test")
+        history = [HistoryItem(f"000000000{r + 1}", ["2020-01-01", 'd"x'][d]) for r, d in
+                   zip(rows, days, strict=True)]  # fmt: skip
+        task = Task("hm-k", "shopper_profile", {"0000000002": 1.0}, history=history,
+                    pool=["0000000002", "0000000001"], split="test")  # fmt: skip
+        assert got == json.dumps(to_dict(task), ensure_ascii=False)
