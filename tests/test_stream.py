@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -53,9 +54,12 @@ def hm_files(tmp_path_factory):
     [HmConfig(), HmConfig(min_purchases=2, max_history=3, pool_size=17, limit=40, seed=5)],
     ids=["defaults", "options"],
 )
-def test_hm_stream_is_byte_identical_on_generated_files(tmp_path, hm_files, cfg):
+@pytest.mark.parametrize("pool_process", [False, True], ids=["pools-here", "pools-in-process"])
+def test_hm_stream_is_byte_identical_on_generated_files(tmp_path, hm_files, cfg, pool_process):
     old = convert_hm(hm_files, cfg)
-    new = stream_hm(hm_files, cfg, SMALL)
+    # Pools drawn in this process, or in a second one (forced: the sample is under the threshold).
+    options = replace(SMALL, pool_process_min_tasks=0 if pool_process else -1)
+    new = stream_hm(hm_files, cfg, options)
     _same_files(tmp_path, old, new)
     report = old[2]
     assert report.dropped["transactions: article not in articles.csv"] == 1
@@ -323,3 +327,31 @@ def test_hm_line_encoder_drops_an_empty_history_as_to_dict():
         task = Task("hm-k", "shopper_profile", {"0000000002": 1.0}, history=history,
                     pool=["0000000002", "0000000001"], split="test")  # fmt: skip
         assert got == json.dumps(to_dict(task), ensure_ascii=False)
+
+
+def test_hm_pools_in_a_second_process_are_the_same_across_chunks():
+    import multiprocessing as mp
+
+    import numpy as np
+
+    from ospo_mlx.data.hm_lines import hm_pools, hm_pools_in_process
+
+    groups = np.random.default_rng(0).integers(0, 4, size=300)
+    targets = np.random.default_rng(1).integers(0, 300, size=23).astype(np.int32)
+    cfg = HmConfig(pool_size=12, seed=3)
+    here = list(hm_pools(targets, groups, cfg))
+    pools = hm_pools_in_process(targets, groups, cfg, chunk=5)  # 23 = 4 full chunks + 3
+    there = [next(pools)]
+    assert len(mp.active_children()) == 1  # drawn by a child process
+    there += list(pools)
+    assert not mp.active_children()  # and it is gone when the pools are
+    assert len(there) == 23 and all(np.array_equal(a, b) for a, b in zip(here, there, strict=True))
+
+
+def test_hm_pool_process_failure_is_raised_not_hung():
+    import numpy as np
+
+    from ospo_mlx.data.hm_lines import hm_pools_in_process
+
+    with pytest.raises(RuntimeError, match=r"(?s)pool process failed:.*IndexError"):
+        list(hm_pools_in_process(np.array([99]), np.zeros(3, dtype=np.int64), HmConfig()))

@@ -10,8 +10,12 @@ for byte (tests/test_stream.py checks whole files against `hm.convert_hm`).
 
 from __future__ import annotations
 
+import itertools
 import json
+import multiprocessing as mp
+import traceback
 from collections.abc import Iterator, Sequence
+from queue import Empty
 
 import numpy as np
 
@@ -66,6 +70,81 @@ class HmLineEncoder:
         return "".join(parts)
 
 
+def hm_pools(targets: np.ndarray, group_codes: np.ndarray, cfg: HmConfig) -> Iterator[np.ndarray]:
+    """Each target's pool (catalog rows), in order: `hm.build_tasks`' draws, one Generator.
+
+    `group_codes` is each catalog row's product group code (the related negatives).
+    """
+    # Rows of each group in catalog order, as `build_tasks`' by_group lists.
+    by_group = np.argsort(group_codes, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(group_codes))])
+    taken = np.zeros(len(group_codes), dtype=bool)
+    rng = np.random.default_rng(cfg.seed)
+    for target in targets.tolist():
+        g = group_codes[target]
+        yield build_pool_rows(
+            np.array([target], dtype=np.int64),
+            cfg.pool_size,
+            rng,
+            n_catalog=len(group_codes),
+            related_rows=by_group[bounds[g] : bounds[g + 1]],
+            taken=taken,
+            related_fraction=cfg.related_fraction,
+        )
+
+
+def _pool_worker(targets, group_codes, cfg, chunk, queue) -> None:
+    """The second process: `hm_pools` in chunks (flat rows, lengths), then None."""
+    try:
+        pools = hm_pools(targets, group_codes, cfg)
+        while block := list(itertools.islice(pools, chunk)):
+            lengths = np.array([len(p) for p in block], dtype=np.int64)
+            queue.put((np.concatenate(block).astype(np.int32), lengths))
+        queue.put(None)
+    except BaseException:  # a bug, not bad data: hand the traceback to the main process
+        queue.put(traceback.format_exc())
+
+
+def hm_pools_in_process(
+    targets: np.ndarray, group_codes: np.ndarray, cfg: HmConfig, chunk: int = 4096
+) -> Iterator[np.ndarray]:
+    """`hm_pools` drawn in a second process (a second core) while this one encodes and writes.
+
+    Spawned, not forked (the parent runs pyarrow threads); its input is small (the targets and
+    group codes); at most 8 chunks wait in the queue, so memory stays bounded.
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue(maxsize=8)
+    proc = ctx.Process(
+        target=_pool_worker, args=(targets, group_codes, cfg, chunk, queue), daemon=True
+    )
+    proc.start()
+    try:
+        while True:
+            try:
+                item = queue.get(timeout=1.0)
+            except Empty:
+                if proc.is_alive():
+                    continue
+                try:  # it may have exited right after flushing its last chunk
+                    item = queue.get(timeout=1.0)
+                except Empty:
+                    raise RuntimeError(
+                        f"the H&M pool process stopped (exit code {proc.exitcode})"
+                    ) from None
+            if item is None:
+                return
+            if isinstance(item, str):
+                raise RuntimeError(f"the H&M pool process failed:\n{item}")
+            flat, lengths = item
+            yield from np.split(flat, np.cumsum(lengths)[:-1])
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+        proc.join()
+        queue.close()
+
+
 def hm_task_lines(
     kept: list[str],
     kept_codes: np.ndarray,
@@ -73,7 +152,7 @@ def hm_task_lines(
     counts: np.ndarray,
     dates: np.ndarray,
     articles: np.ndarray,
-    group_codes: np.ndarray,
+    pools: Iterator[np.ndarray],
     encoder: HmLineEncoder,
     cfg: HmConfig,
     report: ConversionReport,
@@ -81,34 +160,13 @@ def hm_task_lines(
     """`hm.build_tasks` over arrays: one line per kept customer, in `kept` order.
 
     `starts`/`counts` per customer code index the sorted, merged `dates`/`articles` (catalog
-    rows); `group_codes` is each catalog row's product group code (the related negatives).
+    rows); `pools` yields each kept customer's pool (`hm_pools` of their targets).
     """
     test_ids = split_keys(kept, cfg.test_fraction, cfg.seed)
     report.note(f"split: seeded by customer (test_fraction={cfg.test_fraction}, seed={cfg.seed})")
-    # Rows of each group in catalog order, as `build_tasks`' by_group lists.
-    by_group = np.argsort(group_codes, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(group_codes))])
-    n_catalog = len(group_codes)
-    taken = np.zeros(n_catalog, dtype=bool)
-    rng = np.random.default_rng(cfg.seed)
-    for customer, code in zip(kept, kept_codes.tolist(), strict=True):
+    for customer, code, pool in zip(kept, kept_codes.tolist(), pools, strict=True):
         end = int(starts[code] + counts[code])
-        target = int(articles[end - 1])
         lo = max(int(starts[code]), end - 1 - cfg.max_history)
-        g = group_codes[target]
-        pool = build_pool_rows(
-            articles[end - 1 : end].astype(np.int64),
-            cfg.pool_size,
-            rng,
-            n_catalog=n_catalog,
-            related_rows=by_group[bounds[g] : bounds[g + 1]],
-            taken=taken,
-            related_fraction=cfg.related_fraction,
-        )
         split = "test" if customer in test_ids else "train"
-        yield TaskLine(
-            split,
-            encoder.line(
-                customer, target, articles[lo : end - 1], dates[lo : end - 1], pool, split
-            ),
-        )
+        history = articles[lo : end - 1], dates[lo : end - 1]
+        yield TaskLine(split, encoder.line(customer, int(articles[end - 1]), *history, pool, split))

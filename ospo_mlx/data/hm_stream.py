@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ospo_mlx.data.hm import ARTICLES, CUSTOMERS, TRANSACTIONS, HmConfig, read_articles
-from ospo_mlx.data.hm_lines import HmLineEncoder, hm_task_lines
+from ospo_mlx.data.hm_lines import HmLineEncoder, hm_pools, hm_pools_in_process, hm_task_lines
 from ospo_mlx.data.report import ConversionReport
 from ospo_mlx.data.schema import Product, TaskLine
 from ospo_mlx.data.stream import ProgressFn, StreamOptions, iter_csv
@@ -212,20 +212,13 @@ def stream_hm(
             f"{folder}: no customer has {cfg.min_purchases} or more purchases; lower --min-purchases"
         )
     kept = [customer_ids[i] for i in kept_codes]
-    group_names = [groups[p] for p in pids]
-    group_codes = np.unique(np.array(group_names, dtype=object), return_inverse=True)[1]
-    tasks = hm_task_lines(
-        kept,
-        kept_codes,
-        starts,
-        counts,
-        d,
-        a,
-        group_codes.astype(np.int64).ravel(),
-        HmLineEncoder(pids, date_values),
-        cfg,
-        report,
-    )
+    group_names = np.array([groups[p] for p in pids], dtype=object)
+    group_codes = np.unique(group_names, return_inverse=True)[1].astype(np.int64).ravel()
+    targets = a[starts[kept_codes] + counts[kept_codes] - 1]
+    second_core = 0 <= options.pool_process_min_tasks <= len(kept)
+    pools = (hm_pools_in_process if second_core else hm_pools)(targets, group_codes, cfg)
+    encoder = HmLineEncoder(pids, date_values)
+    tasks = hm_task_lines(kept, kept_codes, starts, counts, d, a, pools, encoder, cfg, report)
     return products, tasks, report
 
 
