@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing as mp
-import traceback
+import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
-from queue import Empty
+from pathlib import Path
 
 import numpy as np
 
@@ -93,56 +95,55 @@ def hm_pools(targets: np.ndarray, group_codes: np.ndarray, cfg: HmConfig) -> Ite
         )
 
 
-def _pool_worker(targets, group_codes, cfg, chunk, queue) -> None:
-    """The second process: `hm_pools` in chunks (flat rows, lengths), then None."""
-    try:
-        pools = hm_pools(targets, group_codes, cfg)
-        while block := list(itertools.islice(pools, chunk)):
-            lengths = np.array([len(p) for p in block], dtype=np.int64)
-            queue.put((np.concatenate(block).astype(np.int32), lengths))
-        queue.put(None)
-    except BaseException:  # a bug, not bad data: hand the traceback to the main process
-        queue.put(traceback.format_exc())
-
-
 def hm_pools_in_process(
     targets: np.ndarray, group_codes: np.ndarray, cfg: HmConfig, chunk: int = 4096
 ) -> Iterator[np.ndarray]:
     """`hm_pools` drawn in a second process (a second core) while this one encodes and writes.
 
-    Spawned, not forked (the parent runs pyarrow threads); its input is small (the targets and
-    group codes); at most 8 chunks wait in the queue, so memory stays bounded.
+    A plain subprocess (`python -m ospo_mlx.data.hm_lines`), not multiprocessing: spawn would
+    re-run a caller's unguarded main script and fork is unsafe beside pyarrow's threads. Its
+    input is small (targets, group codes) and chunks come back through a pipe, whose small
+    buffer keeps it at most a chunk or two ahead, so memory stays bounded.
     """
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue(maxsize=8)
-    proc = ctx.Process(
-        target=_pool_worker, args=(targets, group_codes, cfg, chunk, queue), daemon=True
+    env = dict(os.environ)
+    # The child must import this very ospo_mlx, wherever the parent found it.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ospo_mlx.data.hm_lines"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
     )
-    proc.start()
     try:
-        while True:
-            try:
-                item = queue.get(timeout=1.0)
-            except Empty:
-                if proc.is_alive():
-                    continue
-                try:  # it may have exited right after flushing its last chunk
-                    item = queue.get(timeout=1.0)
-                except Empty:
-                    raise RuntimeError(
-                        f"the H&M pool process stopped (exit code {proc.exitcode})"
-                    ) from None
-            if item is None:
-                return
-            if isinstance(item, str):
-                raise RuntimeError(f"the H&M pool process failed:\n{item}")
-            flat, lengths = item
-            yield from np.split(flat, np.cumsum(lengths)[:-1])
+        try:
+            pickle.dump((targets, group_codes, cfg, chunk), proc.stdin, protocol=5)
+            proc.stdin.close()
+            while (item := pickle.load(proc.stdout)) is not None:
+                flat, lengths = item
+                yield from np.split(flat, np.cumsum(lengths)[:-1])
+        except (EOFError, BrokenPipeError, pickle.UnpicklingError):
+            code = proc.wait()
+            raise RuntimeError(
+                f"the H&M pool process stopped (exit code {code}); its error is printed above"
+            ) from None
     finally:
-        if proc.is_alive():
-            proc.terminate()
-        proc.join()
-        queue.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def _pool_worker_main() -> None:
+    """The second process: read the inputs from stdin, write `hm_pools` chunks, then None."""
+    targets, group_codes, cfg, chunk = pickle.load(sys.stdin.buffer)
+    out = sys.stdout.buffer
+    pools = hm_pools(targets, group_codes, cfg)
+    while block := list(itertools.islice(pools, chunk)):
+        lengths = np.array([len(p) for p in block], dtype=np.int64)
+        pickle.dump((np.concatenate(block).astype(np.int32), lengths), out, protocol=5)
+    pickle.dump(None, out)
+    out.flush()
 
 
 def hm_task_lines(
@@ -170,3 +171,7 @@ def hm_task_lines(
         split = "test" if customer in test_ids else "train"
         history = articles[lo : end - 1], dates[lo : end - 1]
         yield TaskLine(split, encoder.line(customer, int(articles[end - 1]), *history, pool, split))
+
+
+if __name__ == "__main__":
+    _pool_worker_main()
