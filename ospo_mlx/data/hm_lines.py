@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -138,6 +139,8 @@ def hm_pools_in_process(
 
 def _pool_worker_main() -> None:
     """The second process: read the inputs from stdin, write `hm_pools` chunks, then None."""
+    # Ctrl-C reaches the whole process group: the parent stops this process itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     targets, group_codes, cfg, chunk = pickle.load(sys.stdin.buffer)
     out = sys.stdout.buffer
     pools = hm_pools(targets, group_codes, cfg)
