@@ -18,7 +18,7 @@ sample (train/test split by query), `--task demo` on the free-form synthetic dem
    the training retriever and BM25 against the raw query and the warm-up, format and degeneracy rates (distinct-word ratio,
    repetition rate, length), and a power plan (seeds x steps to detect a 25% difference).
 
-    python bench/learning.py                      # full: 5 seeds x 3 variants x 60 steps
+    python bench/learning.py                      # full: 3 seeds x 3 variants x 30 steps (~2 h)
     python bench/learning.py --quick --json       # 1 seed, 3 steps, small groups: minutes
     python bench/learning.py --quick --model tiny # smoke run (random tiny model)
 
@@ -619,17 +619,17 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--model", default=None, help="model override (e.g. tiny)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     parser.add_argument("--algorithms", default=",".join(VARIANTS), help="variants to train")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5)")
-    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 60)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 30)")
     parser.add_argument("--window", type=int, default=None, help="trailing-mean window (5)")
     parser.add_argument("--target", type=float, default=None, help="absolute target reward")
     parser.add_argument("--target-gain", type=float, default=0.05, help="target = start + this")
     parser.add_argument("--save-every", type=int, default=5, help="checkpoint every N steps")
-    parser.add_argument("--sft-steps", type=int, default=None, help="warm-up steps (40)")
+    parser.add_argument("--sft-steps", type=int, default=None, help="warm-up steps (30)")
     parser.add_argument("--sft-batch-size", type=int, default=4)
-    parser.add_argument("--sft-learning-rate", type=float, default=5e-4)
+    parser.add_argument("--sft-learning-rate", type=float, default=1e-3)
     parser.add_argument("--train-tasks", type=int, default=200, help="choice: training tasks")
-    parser.add_argument("--test-tasks", type=int, default=None, help="held-out tasks (50)")
+    parser.add_argument("--test-tasks", type=int, default=None, help="held-out tasks (30)")
     parser.add_argument(
         "--rl-tasks",
         type=int,
@@ -648,11 +648,11 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--report-only", action="store_true", help="summarize finished runs only")
     args = parser.parse_args(argv)
     q = args.quick
-    args.seeds = args.seeds if args.seeds is not None else (1 if q else 5)
-    args.steps = args.steps if args.steps is not None else (3 if q else 60)
+    args.seeds = args.seeds if args.seeds is not None else (1 if q else 3)
+    args.steps = args.steps if args.steps is not None else (3 if q else 30)
     args.window = args.window if args.window is not None else (2 if q else 5)
-    args.sft_steps = args.sft_steps if args.sft_steps is not None else (4 if q else 40)
-    args.test_tasks = args.test_tasks if args.test_tasks is not None else (8 if q else 50)
+    args.sft_steps = args.sft_steps if args.sft_steps is not None else (4 if q else 30)
+    args.test_tasks = args.test_tasks if args.test_tasks is not None else (8 if q else 30)
     args.out = args.out or f"runs/bench-learning-{args.task}"
     args.algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     if not args.algorithms or set(args.algorithms) - set(VARIANTS):

@@ -11,14 +11,17 @@ for byte (tests/test_stream.py checks whole files against `hm.convert_hm`).
 from __future__ import annotations
 
 import itertools
+import json
 import os
-import pickle
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from json.encoder import encode_basestring
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,6 +101,39 @@ def hm_pools(targets: np.ndarray, group_codes: np.ndarray, cfg: HmConfig) -> Ite
         )
 
 
+# The pipe protocol: a JSON line (options), then arrays as (dtype, size) headers + raw bytes.
+# Plain bytes, never pickle: the codebase does not unpickle (tests/test_untrusted.py).
+_HEADER = struct.Struct("<4sq")  # dtype string ("<i4", "<i8"), element count; -1 ends
+
+
+def _write_array(out: Any, array: np.ndarray) -> None:
+    array = np.ascontiguousarray(array)
+    out.write(_HEADER.pack(array.dtype.str.encode("ascii"), array.size))
+    out.write(array.tobytes())
+
+
+def _read_exactly(stream: Any, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise EOFError("the pool pipe closed early")
+    return data
+
+
+def _read_array(stream: Any) -> np.ndarray | None:
+    """The next array, or None at the end marker."""
+    dtype, size = _HEADER.unpack(_read_exactly(stream, _HEADER.size))
+    if size < 0:
+        return None
+    kind = np.dtype(dtype.rstrip(b"\0").decode("ascii"))
+    if kind not in (np.dtype("<i4"), np.dtype("<i8")):
+        raise EOFError(f"unexpected array type {kind} on the pool pipe")
+    return np.frombuffer(_read_exactly(stream, size * kind.itemsize), dtype=kind)
+
+
+def _end(out: Any) -> None:
+    out.write(_HEADER.pack(b"<i8", -1))
+
+
 def hm_pools_in_process(
     targets: np.ndarray, group_codes: np.ndarray, cfg: HmConfig, chunk: int = 4096
 ) -> Iterator[np.ndarray]:
@@ -120,12 +156,17 @@ def hm_pools_in_process(
     )
     try:
         try:
-            pickle.dump((targets, group_codes, cfg, chunk), proc.stdin, protocol=5)
+            options = {"cfg": asdict(cfg), "chunk": chunk}
+            proc.stdin.write((json.dumps(options) + "\n").encode("utf-8"))
+            _write_array(proc.stdin, np.asarray(targets, dtype=np.int64))
+            _write_array(proc.stdin, np.asarray(group_codes, dtype=np.int64))
             proc.stdin.close()
-            while (item := pickle.load(proc.stdout)) is not None:
-                flat, lengths = item
+            while (lengths := _read_array(proc.stdout)) is not None:
+                flat = _read_array(proc.stdout)
+                if flat is None:
+                    raise EOFError("the pool pipe ended inside a chunk")
                 yield from np.split(flat, np.cumsum(lengths)[:-1])
-        except (EOFError, BrokenPipeError, pickle.UnpicklingError):
+        except (EOFError, BrokenPipeError, struct.error):
             code = proc.wait()
             raise RuntimeError(
                 f"the H&M pool process stopped (exit code {code}); its error is printed above"
@@ -141,13 +182,16 @@ def _pool_worker_main() -> None:
     """The second process: read the inputs from stdin, write `hm_pools` chunks, then None."""
     # Ctrl-C reaches the whole process group: the parent stops this process itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    targets, group_codes, cfg, chunk = pickle.load(sys.stdin.buffer)
+    stdin = sys.stdin.buffer
+    options = json.loads(stdin.readline())
+    targets, group_codes = _read_array(stdin), _read_array(stdin)
+    cfg = HmConfig(**options["cfg"])
     out = sys.stdout.buffer
     pools = hm_pools(targets, group_codes, cfg)
-    while block := list(itertools.islice(pools, chunk)):
-        lengths = np.array([len(p) for p in block], dtype=np.int64)
-        pickle.dump((np.concatenate(block).astype(np.int32), lengths), out, protocol=5)
-    pickle.dump(None, out)
+    while block := list(itertools.islice(pools, options["chunk"])):
+        _write_array(out, np.array([len(p) for p in block], dtype=np.int64))
+        _write_array(out, np.concatenate(block).astype(np.int32))
+    _end(out)
     out.flush()
 
 
