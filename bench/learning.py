@@ -431,7 +431,15 @@ def summarize(runs: list[dict[str, Any]], args: Any, start: dict | None) -> dict
     window = args.window
     first = [S.trailing_mean(r["rewards"], min(window, len(r["rewards"])), window) for r in runs]
     start_train = float(np.mean(first))
-    target = args.target if args.target is not None else start_train + args.target_gain
+    # Steps to target: by default, to beat the raw query on the trained prompts (the bar a
+    # rewrite must clear to be worth writing); --target or --target-gain set another.
+    raw_trained = ((start or {}).get("trained") or {}).get("raw_query")
+    if args.target is not None:
+        target = args.target
+    elif args.target_gain is None and raw_trained:
+        target = raw_trained["reward"]
+    else:
+        target = start_train + (args.target_gain if args.target_gain is not None else 0.05)
     auc = {v: {str(r["seed"]): S.auc(r["rewards"]) for r in rs} for v, rs in by.items()}
     per: dict[str, Any] = {}
     for v, rs in by.items():
@@ -561,7 +569,8 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"  {v:<11} {sparkline(c['mean'], 60, lo, hi)} {c['mean'][-1]:.3f}")
     for v, row in s["per_variant"].items():
         lines.append(
-            f"{v}: AUC {fmt_ci(row['auc_mean_ci95'])}, reached target {row['reached_target']}"
+            f"{v}: AUC {fmt_ci(row['auc_mean_ci95'])}, reached target {row['reached_target']} "
+            f"(steps {row['steps_to_target']})"
         )
         for label, key in (("trained prompts", "trained"), ("held-out", "heldout")):
             if f"{key}_reward" in row:
@@ -623,7 +632,12 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--steps", type=int, default=None, help="RL steps per run (default 30)")
     parser.add_argument("--window", type=int, default=None, help="trailing-mean window (5)")
     parser.add_argument("--target", type=float, default=None, help="absolute target reward")
-    parser.add_argument("--target-gain", type=float, default=0.05, help="target = start + this")
+    parser.add_argument(
+        "--target-gain",
+        type=float,
+        default=None,
+        help="target = start + this (default: the raw query's reward on the trained prompts)",
+    )
     parser.add_argument("--save-every", type=int, default=5, help="checkpoint every N steps")
     parser.add_argument("--sft-steps", type=int, default=None, help="warm-up steps (30)")
     parser.add_argument("--sft-batch-size", type=int, default=4)

@@ -209,3 +209,38 @@ def test_paired_plan_ignores_the_seed_spread_that_pairing_cancels():
     assert plan["paired_step_noise_sd"]["ospo"] == pytest.approx(0.0, abs=1e-12)
     assert plan["seeds_needed_paired"]["ospo"]["relative_auc"]["20"] == 2
     assert plan["seeds_needed"]["relative_auc"]["20"] > 2
+
+
+def test_rl_pool_and_warm_up_tasks_are_disjoint(tmp_path):
+    from bench.learning import split_train
+    from ospo_mlx.errors import OspoError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = [f'{{"id": "t{i}"}}' for i in range(5)]
+    (data / "train.jsonl").write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    rl, sft = split_train(SimpleNamespace(rl_tasks=2), data, tmp_path / "out")
+    assert rl.read_text(encoding="utf-8").splitlines() == lines[:2]
+    assert sft.read_text(encoding="utf-8").splitlines() == lines[2:]
+    assert split_train(SimpleNamespace(rl_tasks=0), data, tmp_path / "out") == (
+        data / "train.jsonl",
+        data / "train.jsonl",
+    )
+    with pytest.raises(OspoError, match="leaves no warm-up task"):
+        split_train(SimpleNamespace(rl_tasks=5), data, tmp_path / "out")
+
+
+def test_default_target_is_the_raw_query_on_the_trained_prompts():
+    from bench.learning import summarize
+
+    runs = [_run("grpo", 0, [0.2, 0.6, 0.7], 0.5), _run("ospo-best", 0, [0.2, 0.4, 0.8], 0.6)]
+    start = {"reward": 0.3, "bm25": 0.1, "trained": {"reward": 0.2, "raw_query": {"reward": 0.5}}}
+    args = SimpleNamespace(window=1, target=None, target_gain=None, steps=3)
+    out = summarize(runs, args, start=start)
+    assert out["target"] == pytest.approx(0.5)
+    assert out["per_variant"]["grpo"]["steps_to_target"] == [2]
+    assert out["per_variant"]["ospo-best"]["steps_to_target"] == [3]
+    assert out["raw_query_trained_prompts"] == {"reward": 0.5}
+    # an explicit gain still sets target = start + gain (start: first-window mean, 0.2)
+    args.target_gain = 0.1
+    assert summarize(runs, args, start=start)["target"] == pytest.approx(0.3)
