@@ -135,7 +135,8 @@ def test_high_entropy_mask_matches_numpy_quantile(b, t, rho, seed):
     threshold = np.quantile(real, 1.0 - rho) if rho < 1 else -np.inf
     expected = (mask > 0) & (ent >= threshold - 1e-5 * (abs(threshold) + 1))
     close = np.abs(ent - threshold) <= 1e-4 * (abs(threshold) + 1)  # float32 ties at the cut
-    assert np.all((kept > 0) == expected | ((kept > 0) & close))
+    # at a float32 tie with the cut, either side is right (rho = 0.99999: threshold ~ min)
+    assert np.all(((kept > 0) == expected) | ((mask > 0) & close))
     # at least the top rho share of the tokens keeps its gradient
     assert kept.sum() >= math.floor(rho * real.size - 1e-9)
 
