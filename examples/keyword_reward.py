@@ -27,7 +27,7 @@ def keyword_coverage(prompts, completions, query=None, **kwargs):
     """
     queries = query or [None] * len(completions)
     out = []
-    for text, q in zip(completions, queries):
+    for text, q in zip(completions, queries, strict=True):
         terms = set(WORD.findall((q or "").lower()))
         if not terms:
             out.append(None)

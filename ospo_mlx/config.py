@@ -182,6 +182,14 @@ class OptimConfig:
             "forward/backward pass; lower it to save memory, raise it for speed."
         },
     )
+    share_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Run each prompt's forward/backward once for all of its completions in the "
+            "update (equal within float tolerance; llama-style models without sliding windows, "
+            "off with grad_checkpoint); false: every completion row recomputes its prompt."
+        },
+    )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(
         default=0, metadata={"help": "Linear warm-up updates before the cosine decay."}

@@ -36,11 +36,16 @@ ROWS = 8
 LR = 0.5  # large, so the update is far above float round-off
 
 
-def skewed_batch(seed: int = 0):
+def skewed_batch(seed: int = 0, grouped: bool = False):
     """8 completions of very different lengths (so token shares differ per micro-batch), with
-    pi_old and reference log-probs away from the policy's (so clipping and KL are non-zero)."""
+    pi_old and reference log-probs away from the policy's (so clipping and KL are non-zero).
+    `grouped`: two prompts (lengths 7 and 19, so left padding differs) of 4 completions each,
+    interleaved, as GRPO groups are after a shuffle."""
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, VOCAB, int(rng.integers(3, 9))).tolist() for _ in range(ROWS)]
+    if grouped:
+        two = [rng.integers(1, VOCAB, n).tolist() for n in (7, 19)]
+        prompts = [two[i % 2] for i in range(ROWS)]
     lengths = [1, 2, 3, 5, 8, 13, 21, 30]
     comps = [rng.integers(0, VOCAB, n).tolist() for n in lengths]
     advs = [rng.normal(size=n).tolist() for n in lengths]
@@ -51,7 +56,7 @@ def skewed_batch(seed: int = 0):
     return batch
 
 
-def run_update(micro: int, accum: int = 1, use_old: bool = True, **options):
+def run_update(micro: int, accum: int = 1, use_old: bool = True, grouped: bool = False, **options):
     """One update on a fresh policy; returns (metrics, gradient applied, adapters, logps)."""
     model = tiny_llama(0)
     apply_lora(model, LoraConfig(rank=4), seed=0)
@@ -72,15 +77,20 @@ def run_update(micro: int, accum: int = 1, use_old: bool = True, **options):
         return apply(acc, divisor)
 
     update.step.apply = spy
-    batch = skewed_batch()
+    batch = skewed_batch(grouped=grouped)
     rows = update.micro_rows(batch)
-    assert rows == min(micro, ROWS // accum)
+    if (ROWS // accum) % micro == 0:  # per-row micro-batches: a divisor of the part's rows
+        assert rows == min(micro, ROWS // accum)
     out = update(batch, use_old_logps=use_old)
+    if update.share_prompt and grouped:  # one prompt per micro-batch, near-equal pieces
+        group = ROWS // accum // 2
+        pieces = -(-group // min(micro, group))
+        assert update.last_micro_rows == -(-group // pieces)
     weights = {k: np.array(v) for k, v in adapter_weights(model).items()}
     return out.metrics, seen, weights, np.array(out.logps)
 
 
-def assert_same(full, micro, rtol=1e-5, atol=1e-6):
+def assert_same(full, micro, rtol=1e-5, atol=1e-6, grouped=False):
     (m1, g1, w1, l1), (m2, g2, w2, l2) = full, micro
     assert m1.keys() == m2.keys()
     for key in m1:
@@ -93,7 +103,7 @@ def assert_same(full, micro, rtol=1e-5, atol=1e-6):
     for key in w1:
         step = LR * float(np.abs(g1[key]).max())  # the largest move: tolerance relative to it
         np.testing.assert_allclose(w2[key], w1[key], rtol=rtol, atol=1e-5 * step, err_msg=key)
-    real = np.array(skewed_batch().mask) > 0  # padding positions carry no log-prob
+    real = np.array(skewed_batch(grouped=grouped).mask) > 0  # padding has no log-prob
     np.testing.assert_allclose(l2[real], l1[real], rtol=rtol, atol=atol)
 
 
@@ -107,6 +117,36 @@ def test_micro_batches_equal_the_full_batch(loss_type, beta):
     assert all(np.abs(g).max() > 0 for g in full[1].values())
     for micro in (1, 2, 4):
         assert_same(full, run_update(micro, loss_type=loss_type, beta=beta, epsilon=0.1))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.05])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_shared_prompt_update_equals_the_per_row_update(loss_type, beta):
+    # The prompt runs once per micro-batch for its completions (left-padded, broadcast keys and
+    # values): loss, metrics, gradient, adapters and log-probs equal every row's own forward.
+    options = dict(loss_type=loss_type, beta=beta, epsilon=0.1)
+    per_row = run_update(ROWS, grouped=True, share_prompt=False, **options)
+    assert per_row[0]["clip_ratio/region_mean"] > 0 and per_row[0]["kl"] > 0
+    for micro in (1, 3, 4):
+        shared = run_update(micro, grouped=True, share_prompt=True, **options)
+        assert_same(per_row, shared, grouped=True)
+    parts = run_update(2, accum=2, grouped=True, share_prompt=True, **options)
+    assert_same(
+        run_update(4, accum=2, grouped=True, share_prompt=False, **options), parts, grouped=True
+    )
+
+
+def test_prompt_sharing_is_off_where_it_cannot_apply():
+    model = tiny_llama(0)
+    apply_lora(model, LoraConfig(rank=4), seed=0)
+    opt = optim.SGD(learning_rate=LR)
+
+    def sharing(**options):
+        cfg = OptimConfig(steps=1, **options)
+        return PolicyUpdate(model, opt, cfg, temperature=1.0, max_completion_length=8).share_prompt
+
+    assert sharing() and not sharing(share_prompt=False)
+    assert not sharing(grad_checkpoint=True)  # mlx-lm's checkpointed blocks take no cache
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)

@@ -25,6 +25,7 @@ from ospo_mlx.errors import ConfigError
 from ospo_mlx.train.batching import Batch, length_sorted_micro_batches
 from ospo_mlx.train.distributed import SINGLE, World, global_count
 from ospo_mlx.train.loss import policy_loss, token_log_probs
+from ospo_mlx.train.prefix import shared_hidden, shared_micro_batches
 from ospo_mlx.train.step import CompiledStep
 
 
@@ -165,6 +166,35 @@ def completion_log_probs(
     return token_log_probs(logits, targets, temperature, with_entropy)
 
 
+def shared_completion_log_probs(
+    model: nn.Module,
+    prompt: mx.array,
+    pad: mx.array,
+    completions: mx.array,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[mx.array, mx.array | None]:
+    """`completion_log_probs` of completions (R, C) that share one prompt (1, P), which runs
+    once (train/prefix.py); needs `supports_prompt_sharing(model)`."""
+    split = _split_head(model)
+    if split is None:
+        raise ValueError("prompt sharing needs a plain decoder (see supports_prompt_sharing)")
+    body, head = split
+    logits = head(shared_hidden(body, prompt, completions, pad))
+    return token_log_probs(logits, completions, temperature, with_entropy)
+
+
+def supports_prompt_sharing(model: nn.Module) -> bool:
+    """Plain-head decoders with full attention everywhere (the shared cache has no window)."""
+    split = _split_head(model)
+    if split is None or not hasattr(split[0], "layers"):
+        return False
+    args = getattr(model, "args", None)
+    return getattr(args, "sliding_window", None) is None or all(
+        t == "full_attention" for t in getattr(args, "layer_types", None) or ()
+    )
+
+
 def build_optimizer(cfg: OptimConfig, total_updates: int) -> optim.Optimizer:
     """AdamW with linear warm-up then cosine decay over `total_updates` optimizer updates."""
     decay = max(total_updates - cfg.warmup_steps, 1)
@@ -234,6 +264,15 @@ class PolicyUpdate:
             logps, entropy = completion_log_probs(
                 model, tokens, prompt_lens, mask.shape[1], temperature, with_entropy=entropy_needed
             )
+            return objective(logps, entropy, mask, adv, old, ref, token_norm, seq_norm)
+
+        def shared_loss_fn(model, prompt, pad, comps, mask, adv, old, ref, token_norm, seq_norm):
+            logps, entropy = shared_completion_log_probs(
+                model, prompt, pad, comps, temperature, with_entropy=entropy_needed
+            )
+            return objective(logps, entropy, mask, adv, old, ref, token_norm, seq_norm)
+
+        def objective(logps, entropy, mask, adv, old, ref, token_norm, seq_norm):
             # On the first iteration pi_old is the current policy: stop_gradient makes r == 1 exactly.
             old = mx.stop_gradient(logps) if old is None else old
             loss, metrics = policy_loss(
@@ -250,6 +289,14 @@ class PolicyUpdate:
 
         self.step = CompiledStep(
             model, optimizer, loss_fn, max_grad_norm=cfg.max_grad_norm, compile=compile, world=world
+        )
+        # Same model/optimizer state; only its accumulate is used (one prompt per micro-batch).
+        self.shared_step = CompiledStep(
+            model, optimizer, shared_loss_fn, max_grad_norm=cfg.max_grad_norm, compile=compile,
+            world=world,
+        )  # fmt: skip
+        self.share_prompt = (
+            cfg.share_prompt and not cfg.grad_checkpoint and supports_prompt_sharing(model)
         )
         self.state = self.step.state
         self.compiled = compile
@@ -277,7 +324,8 @@ class PolicyUpdate:
             self.world.size * self.accum
         )
         part_rows, rows = batch.size // self.accum, self.micro_rows(batch)
-        self.last_micro_rows = rows
+        tokens_host = np.asarray(batch.tokens) if self.share_prompt else None
+        self.last_micro_rows = 0
         acc, logps, order = self.step.zeros(), [], []
         loss_sum: mx.array = mx.array(0.0)
         metric_sums: dict[str, mx.array] = {}
@@ -286,19 +334,17 @@ class PolicyUpdate:
             part_tokens = max(float(row_tokens[first : first + part_rows].sum()), 1.0)
             token_norm = dapo_norm if self.cfg.loss_type == "dapo" else mx.array(part_tokens)
             seq_norm = mx.array(float(part_rows))
-            groups = length_sorted_micro_batches(
-                prompt_lens[first : first + part_rows],
-                row_tokens[first : first + part_rows].astype(np.int64),
-                rows, batch.tokens.shape[1], batch.num_positions,
-            )  # fmt: skip
-            for idx, seq_len, width in groups:
-                idx = idx + first
+            for idx, seq_len, width, lead in self._pieces(
+                batch, first, part_rows, rows, prompt_lens, row_tokens, tokens_host
+            ):
+                self.last_micro_rows = max(self.last_micro_rows, len(idx))
                 mb = batch.take(idx, seq_len, width)
                 old = mb.old_logps if use_old_logps else None
-                loss, (metrics, lp), acc = self.step.accumulate(
-                    acc, mb.tokens, mb.prompt_lens, mb.mask, mb.advantages, old, mb.ref_logps,
-                    token_norm, seq_norm,
-                )  # fmt: skip
+                step = self.step if lead is None else self.shared_step
+                lead = (mb.tokens, mb.prompt_lens) if lead is None else lead
+                loss, (metrics, lp), acc = step.accumulate(
+                    acc, *lead, mb.mask, mb.advantages, old, mb.ref_logps, token_norm, seq_norm
+                )
                 # Evaluate per micro-batch: only one micro-batch's activations are ever alive.
                 mx.eval(self.state, loss, metrics, lp, acc)
                 logps.append(mx.pad(lp, [(0, 0), (0, batch.num_positions - width)]))
@@ -317,6 +363,37 @@ class PolicyUpdate:
         inverse = np.argsort(np.concatenate(order))
         logps_all = mx.take(mx.concatenate(logps, axis=0), mx.array(inverse), axis=0)
         return UpdateResult(sums, logps_all, int(row_tokens.sum()))
+
+
+    def _pieces(
+        self,
+        batch: Batch,
+        first: int,
+        count: int,
+        rows: int,
+        prompt_lens: np.ndarray,
+        row_tokens: np.ndarray,
+        tokens_host: np.ndarray | None,
+    ) -> list[tuple[np.ndarray, int, int, tuple[mx.array, ...] | None]]:
+        """Micro-batches of rows first..first+count: (rows, length, width, shared-prompt inputs
+        or None for per-row micro-batches)."""
+        lens = row_tokens.astype(np.int64)
+        if tokens_host is not None:
+            chunks = shared_micro_batches(
+                tokens_host, prompt_lens, lens, range(first, first + count), batch.num_positions,
+                self.cfg.micro_batch_size, self.cfg.micro_batch_tokens,
+            )  # fmt: skip
+            length = batch.tokens.shape[1]
+            return [
+                (c.rows, length, c.width,
+                 (mx.array(c.prompt)[None], mx.array(c.pad), mx.array(c.completions)))
+                for c in chunks
+            ]  # fmt: skip
+        groups = length_sorted_micro_batches(
+            prompt_lens[first : first + count], lens[first : first + count],
+            rows, batch.tokens.shape[1], batch.num_positions,
+        )  # fmt: skip
+        return [(idx + first, seq_len, width, None) for idx, seq_len, width in groups]
 
 
 def sequence_log_probs(
