@@ -23,6 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ospo_mlx.errors import OspoError
+from ospo_mlx.models.fastmath import use_fast_activations
 
 DEFAULT_ALIASES = ("default", "smollm2-135m", "smollm2-135m-instruct")
 TINY_ALIAS = "tiny"
@@ -152,6 +153,7 @@ def load_model(
         dtype = "float32"
     if dtype is not None:
         cast_floating(model, dtype)
+    use_fast_activations(model)  # CPU only: SiLU through pow, 2.5x faster (models/fastmath.py)
     if not lazy:
         mx.eval(model.parameters())
     return model, tokenizer
