@@ -27,14 +27,16 @@ def _picked_log_softmax(logits: mx.array, targets: mx.array):
     MLX's CPU exp is slow (models/fastmath.py), so on a 49k vocabulary these passes were a
     quarter of the update. `p` is returned so the backward reuses it.
     """
-    top = logits.max(axis=-1, keepdims=True)
-    e = fast_exp(logits - top)
+    # Everything relative to the row maximum: log_z - sum(p * logits) would cancel two numbers
+    # of the logits' size (measured: 1.7% entropy error at logits around 25).
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = fast_exp(shifted)
     total = e.sum(axis=-1, keepdims=True)
     p = e / total
-    log_z = top + mx.log(total)
-    picked = mx.take_along_axis(logits, targets[..., None], axis=-1)
-    entropy = log_z.squeeze(-1) - (p * logits).sum(axis=-1)
-    return (picked - log_z).squeeze(-1), entropy, p
+    log_total = mx.log(total)
+    picked = mx.take_along_axis(shifted, targets[..., None], axis=-1)
+    entropy = log_total.squeeze(-1) - (p * shifted).sum(axis=-1)
+    return (picked - log_total).squeeze(-1), entropy, p
 
 
 @_picked_log_softmax.vjp
