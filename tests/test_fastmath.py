@@ -67,3 +67,24 @@ def test_load_model_swaps_on_the_cpu_backend():
     model, _ = load_model("tiny")
     kinds = {type(layer.mlp).__name__ for layer in model.model.layers}
     assert kinds == ({"PowSwiGLU"} if cpu_backend() else {"MLP"})
+
+
+def test_pow_swiglu_is_finite_with_gradient_at_extreme_gates():
+    # A large learning rate drives gates far negative: SiLU's gradient must stay finite (an
+    # uncapped 2^(-gate log2 e) overflowed to inf / inf = NaN) and match MLX's sigmoid form.
+    from mlx_lm.models.activations import swiglu
+
+    from ospo_mlx.models.fastmath import _pow_swiglu
+
+    gate = mx.array([-1e4, -500.0, -90.0, -45.0, -20.0, -1.0, 0.0, 1.0, 30.0, 500.0])
+    up = mx.full(gate.shape, 3.0)
+    for fn in (lambda g: _pow_swiglu(g, up).sum(), lambda g: _pow_swiglu(g, up * 1e3).sum()):
+        grad = np.array(mx.grad(fn)(gate))
+        assert np.isfinite(grad).all(), grad
+    np.testing.assert_allclose(
+        np.array(mx.grad(lambda g: _pow_swiglu(g, up).sum())(gate)),
+        np.array(mx.grad(lambda g: swiglu(g, up).sum())(gate)), rtol=1e-5, atol=1e-6,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        np.array(_pow_swiglu(gate, up)), np.array(swiglu(gate, up)), rtol=1e-5, atol=1e-6
+    )

@@ -26,9 +26,15 @@ def fast_exp(x: mx.array) -> mx.array:
     return mx.power(2.0, x * LOG2_E) if cpu_backend() else mx.exp(x)
 
 
+# exp(-gate) capped at 2^60: below gate ~ -41.6 SiLU is gate * 8.7e-19 instead of
+# gate * e^gate (both ~0), and the backward's (1 + 2^c)^2 stays finite (uncapped it overflowed
+# to inf / inf = NaN at gate < -44).
+EXPONENT_CAP = 60.0
+
+
 @partial(mx.compile, shapeless=True)
 def _pow_swiglu(gate: mx.array, x: mx.array) -> mx.array:
-    return gate * x / (1.0 + mx.power(2.0, gate * -LOG2_E))
+    return gate * x / (1.0 + mx.power(2.0, mx.minimum(gate * -LOG2_E, EXPONENT_CAP)))
 
 
 class PowSwiGLU(nn.Module):
