@@ -26,15 +26,28 @@ def fast_exp(x: mx.array) -> mx.array:
     return mx.power(2.0, x * LOG2_E) if cpu_backend() else mx.exp(x)
 
 
-# exp(-gate) capped at 2^60: below gate ~ -41.6 SiLU is gate * 8.7e-19 instead of
-# gate * e^gate (both ~0), and the backward's (1 + 2^c)^2 stays finite (uncapped it overflowed
-# to inf / inf = NaN at gate < -44).
-EXPONENT_CAP = 60.0
+@partial(mx.compile, shapeless=True)
+def _pow_swiglu_forward(gate: mx.array, x: mx.array) -> mx.array:
+    return gate * x / (1.0 + mx.power(2.0, gate * -LOG2_E))
 
 
 @partial(mx.compile, shapeless=True)
+def _pow_swiglu_backward(gate: mx.array, x: mx.array, cotangent: mx.array):
+    s = 1.0 / (1.0 + mx.power(2.0, gate * -LOG2_E))  # 2^c = inf gives s = 0, not NaN
+    silu = gate * s
+    return cotangent * x * (s + silu * (1.0 - s)), cotangent * silu
+
+
+@mx.custom_function
 def _pow_swiglu(gate: mx.array, x: mx.array) -> mx.array:
-    return gate * x / (1.0 + mx.power(2.0, mx.minimum(gate * -LOG2_E, EXPONENT_CAP)))
+    """silu(gate) * x. A hand-written backward: autodiff of the quotient gave inf / inf = NaN
+    for gates below ~ -44 (2^(-gate log2 e) overflows), and keeps only gate and x."""
+    return _pow_swiglu_forward(gate, x)
+
+
+@_pow_swiglu.vjp
+def _pow_swiglu_vjp(primals, cotangent, output):
+    return _pow_swiglu_backward(*primals, cotangent)
 
 
 class PowSwiGLU(nn.Module):
