@@ -147,6 +147,14 @@ def test_prompt_sharing_is_off_where_it_cannot_apply():
 
     assert sharing() and not sharing(share_prompt=False)
     assert not sharing(grad_checkpoint=True)  # mlx-lm's checkpointed blocks take no cache
+    # A sliding window (the shared cache has none) turns it off unless every layer is full.
+    model.args.sliding_window = 4
+    model.args.layer_types = None
+    assert not sharing()
+    model.args.layer_types = ["sliding_attention"] + ["full_attention"] * 2
+    assert not sharing()
+    model.args.layer_types = ["full_attention"] * 3
+    assert sharing()
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)

@@ -190,9 +190,10 @@ def supports_prompt_sharing(model: nn.Module) -> bool:
     if split is None or not hasattr(split[0], "layers"):
         return False
     args = getattr(model, "args", None)
-    return getattr(args, "sliding_window", None) is None or all(
-        t == "full_attention" for t in getattr(args, "layer_types", None) or ()
-    )
+    if getattr(args, "sliding_window", None) is None:
+        return True
+    types = getattr(args, "layer_types", None)  # a window with no layer list: assume it is used
+    return bool(types) and all(t == "full_attention" for t in types)
 
 
 def build_optimizer(cfg: OptimConfig, total_updates: int) -> optim.Optimizer:
