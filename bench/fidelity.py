@@ -14,7 +14,9 @@ the coalitions it would sample, and its values are compared with the exact ones:
   does react to such text, so their exact values are reported too (no_effect_exact_*).
 
 The same games are also measured under the old defaults (`before`: the contiguous estimator,
-16 coalitions, v(empty) = 0 while the query is prepended) and at smaller budgets.
+16 coalitions, v(empty) = 0 while the query is prepended) and at other budgets, with and
+without the stand-in game (`attribution.surrogate`), with the encoder tokens each budget
+costs per answer (what a training step pays for credit).
 
     python bench/fidelity.py [--json] [--quick] [--estimator E] [--max-coalitions N]
 """
@@ -37,8 +39,10 @@ from ospo_mlx.attribution.config import AttributionConfig
 from ospo_mlx.attribution.credit import normalize_values, signed_values
 from ospo_mlx.attribution.estimators import estimate, sample_coalitions
 from ospo_mlx.attribution.reference import coalition_values, shapley_exact
+from ospo_mlx.attribution.surrogate import SurrogateGame
 from ospo_mlx.data.schema import Product, Task, load_catalog, load_tasks
-from ospo_mlx.reward.retrieval import RewardConfig, build_reward
+from ospo_mlx.reward.repetition import collapse_repeats
+from ospo_mlx.reward.retrieval import RewardConfig, build_reward, coalition_text, query_prefixed
 # isort: on
 
 SHARED_ESCI = REPO_ROOT.parent / "shared" / "data" / "esci-sample"
@@ -83,23 +87,63 @@ def exact_games(reward, responses: list[str], tasks: list[Task]) -> list[dict]:
     spans = [segment(r, "phrase") for r in responses]
     keep = [i for i, s in enumerate(spans) if 2 <= len(s) <= MAX_PLAYERS]
     masks = [all_masks(len(spans[i])) for i in keep]
-    values = reward.coalition_values(
+    batch = (
         [responses[i] for i in keep], [spans[i] for i in keep], masks, [tasks[i] for i in keep]
-    )
+    )  # fmt: skip
+    values = reward.coalition_values(*batch)
+    # The stand-in game on every coalition, as the trainer builds it (n <= 10: all 2^n).
+    stand_in = reward.surrogate_values(*batch)
     return [
-        {"response": responses[i], "spans": spans[i], "v": v, "task": tasks[i]}
-        for i, v in zip(keep, values, strict=True)
+        {"response": responses[i], "spans": spans[i], "v": v, "v_sur": sur, "task": tasks[i]}
+        for i, v, sur in zip(keep, values, stand_in, strict=True)
     ]
 
 
-def estimated(game: dict, config: AttributionConfig, rng, empty_zero: bool) -> np.ndarray:
-    """The trainer's values for a game: its coalitions looked up in the exact table."""
-    n = len(game["spans"])
-    v = game["v"].copy()
+def estimated(game_of: dict, config: AttributionConfig, rng, empty_zero: bool) -> np.ndarray:
+    """The trainer's values for a game: its coalitions looked up in the exact table (and the
+    stand-in game, evaluated on every coalition, under `surrogate: pooled`)."""
+    n = len(game_of["spans"])
+    v = game_of["v"].copy()
     if empty_zero:
         v[0] = 0.0  # the old default: v(empty) = 0 although the query is prepended
     masks = sample_coalitions(n, config, rng)
-    return estimate(masks, coalition_values(v, masks), config).phi
+    game = None
+    if config.surrogate == "pooled" and game_of.get("v_sur") is not None:
+        sur = game_of["v_sur"].copy()
+        if empty_zero:
+            sur[0] = 0.0
+        game = SurrogateGame(all_masks(n), sur)
+    return estimate(masks, coalition_values(v, masks), config, game).phi
+
+
+def tokens_per_answer(games: dict, config: AttributionConfig, draws: int) -> float:
+    """Mean encoder tokens of the coalition texts a step scores per answer (the sources'
+    games): the sampled coalitions other than the empty and the full answer, which the
+    reward scores anyway; the stand-in game encodes nothing more."""
+    from ospo_mlx.reward.encoder import load_encoder
+
+    tokenizer = load_encoder().tokenizer
+    cost: dict[str, int] = {}
+    totals = []
+    for source in games["sources"].values():
+        for game in source:
+            n = len(game["spans"])
+            for d in range(draws):
+                masks = sample_coalitions(n, config, np.random.default_rng([d, 1]))
+                texts = [
+                    query_prefixed(
+                        collapse_repeats(coalition_text(game["response"], game["spans"], m))[0],
+                        game["task"],
+                        None,
+                    )
+                    for m in masks
+                    if 0 < m.sum() < n
+                ]
+                for t in texts:
+                    if t not in cost:
+                        cost[t] = len(tokenizer.encode(t).ids)
+                totals.append(sum(cost[t] for t in texts))
+    return float(np.mean(totals)) if totals else 0.0
 
 
 def is_top(phi: np.ndarray, truth: np.ndarray, tol: float = 1e-9) -> bool:
@@ -238,6 +282,7 @@ def measure(games: dict, config: AttributionConfig, draws: int, empty_zero: bool
         "config": {
             "estimator": config.estimator,
             "max_coalitions": config.max_coalitions,
+            "surrogate": config.surrogate if config.estimator == "shapley" else "none",
             "empty_value": "zero (old)" if empty_zero else "auto",
         },
         "estimator_spearman": float(np.mean(all_spear)) if all_spear else None,
@@ -293,7 +338,9 @@ def main() -> None:
     parser.add_argument("--max-coalitions", type=int, default=None)
     parser.add_argument("--draws", type=int, default=5, help="coalition draws per response")
     parser.add_argument(
-        "--budgets", default="16,32,128", help="also measure the default estimator at these budgets"
+        "--budgets",
+        default="8,16,32,128",
+        help="also measure the default estimator at these budgets, with and without the stand-in",
     )
     parser.add_argument(
         "--cache", type=Path, default=None, help="keep the scored games in this pickle file"
@@ -317,16 +364,26 @@ def main() -> None:
                 pickle.dump(games, fh)
     result = measure(games, config, draws, empty_zero=False)
     # The old defaults on the same games: contiguous windows, 16 coalitions, v(empty) = 0.
-    old = AttributionConfig(estimator="contiguous", max_coalitions=16)
+    old = AttributionConfig(estimator="contiguous", max_coalitions=16, surrogate="none")
     result["before"] = measure(games, old, draws, empty_zero=True)
     budgets = [] if args.quick else [int(b) for b in args.budgets.split(",") if b]
+    # Every budget with and without the stand-in game, and the encoder tokens each costs.
     result["budgets"] = {}
-    for b in budgets:
-        cfg = AttributionConfig(estimator=config.estimator, max_coalitions=b)
-        result["budgets"][b] = measure(games, cfg, draws, empty_zero=False)
+    for b in sorted({*budgets, config.max_coalitions}) if budgets else []:
+        for surrogate in ("pooled", "none"):
+            cfg = AttributionConfig(
+                estimator=config.estimator, max_coalitions=b, surrogate=surrogate
+            )
+            row = measure(games, cfg, draws, empty_zero=False)
+            row["encoder_tokens_per_answer"] = tokens_per_answer(games, cfg, draws)
+            result["budgets"][f"{b}/{surrogate}"] = row
     lines = [*lines_of(result), "before (the old defaults):", *lines_of(result["before"])]
-    for b, r in result["budgets"].items():
-        lines += [f"budget {b}:", *lines_of(r)]
+    for key, r in result["budgets"].items():
+        lines.append(
+            f"budget {key}: spearman {r['estimator_spearman']:.3f} top1 {r['estimator_top1']:.3f} "
+            f"planted {r['planted_top1']:.3f} query_bias {r['query_bias']:.4f} "
+            f"encoder tokens/answer {r['encoder_tokens_per_answer']:.0f}"
+        )
     emit("fidelity", result, args.json, lines)
 
 

@@ -108,6 +108,8 @@ def write_prompts(path: Path, model: str | None, count: int) -> list[list[int]]:
 
 
 def ospo_overrides(w: Workload, algorithm: str, seed: int, quick: bool) -> list[str]:
+    from ospo_mlx.attribution.config import AttributionConfig
+
     keys = "[" + ",".join(f"self_attn.{k}" for k in ("q_proj", "k_proj", "v_proj", "o_proj")) + "]"
     return [
         f"algorithm={algorithm}",
@@ -120,8 +122,10 @@ def ospo_overrides(w: Workload, algorithm: str, seed: int, quick: bool) -> list[
         "optim.num_iterations=1", "optim.gradient_accumulation_steps=1",
         f"optim.learning_rate={w.learning_rate}", "optim.warmup_steps=0", "optim.beta=0.0",
         "optim.loss_type=dapo", "optim.epsilon=0.2", "optim.epsilon_high=0.2",
-        "optim.max_grad_norm=1.0", "warmup.steps=0", "run.log_attributions=false",
+        "optim.max_grad_norm=1.0", "sft.steps=0", "run.log_attributions=false",
         "run.log_rollouts=false", "run.save_every=100000", f"run.seed={seed}",
+        # OSPO at the library's credit defaults (demo.yaml keeps 64 for its short answers).
+        f"attribution.max_coalitions={AttributionConfig().max_coalitions}",
         f"prompt.system_prompt={json.dumps(ANCHOR_SYSTEM)}",
         f"prompt.instruction={json.dumps(ANCHOR_INSTRUCTION)}",
         *(["model.name=tiny"] if quick else []),

@@ -28,6 +28,9 @@ def attribute(
     max_width: int | None = typer.Option(
         None, "--max-width", help="contiguous estimator: widest window (default: all)."
     ),
+    surrogate: str = typer.Option(
+        "pooled", "--surrogate", help="pooled (stand-in game as control variate) or none."
+    ),
     coalition_text: str = typer.Option("drop", "--coalition-text", help="drop or keep-gaps."),
     mode: str = typer.Option(
         "pool", "--mode", help="pool (the task's candidates) or catalog (whole catalog)."
@@ -57,8 +60,9 @@ def attribute(
         mode = "catalog"  # a task without candidates is ranked against the whole catalog
     config = RewardConfig(mode=mode, coalition_text=coalition_text)
     credit = AttributionConfig(
-        segmenter=segmenter, estimator=estimator, max_coalitions=max_coalitions, max_width=max_width
-    )
+        segmenter=segmenter, estimator=estimator, max_coalitions=max_coalitions,
+        max_width=max_width, surrogate=surrogate,
+    )  # fmt: skip
     reward = build_reward(products, config, encoder_dir=encoder, index_dir=index)
     attr = attribute_response(reward, response, the_task, credit, seed=seed)
     if as_json:
@@ -76,6 +80,7 @@ def attribute(
                     "owen": attr.owen.tolist(),
                     "baseline": attr.baseline,
                     "exact": attr.exact,
+                    "surrogate": attr.surrogate,
                     "unpaired": attr.unpaired,
                 }
             )
@@ -91,6 +96,7 @@ def attribute(
         f"[bold]sum of values[/] {attr.owen.sum():+.4f} (reward - v(empty) "
         f"{attr.reward - attr.baseline:+.4f})   "
         + ("[green]exact Shapley values[/]" if attr.exact else f"[bold]estimator[/] {estimator}")
+        + (" + stand-in game" if attr.surrogate else "")
     )
     console.print(
         coalition_table(

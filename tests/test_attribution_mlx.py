@@ -227,3 +227,41 @@ def test_kernel_shapley_batch_parity(sizes, seed, budget):
     for i, ref in enumerate(refs):
         np.testing.assert_allclose(out[i, : len(ref)], ref, atol=1e-4)
         assert (out[i, len(ref) :] == 0).all()
+
+
+@SETTINGS
+@given(st.lists(st.integers(2, 9), min_size=1, max_size=5), st.integers(0, 2**32 - 1))
+def test_control_variate_batch_parity(sizes, seed):
+    from ospo_mlx.attribution.estimators import shapley_coalitions
+    from ospo_mlx.attribution.surrogate import (
+        SurrogateGame,
+        control_variate_shapley,
+        shapley_of,
+        surrogate_masks,
+    )
+
+    rng = np.random.default_rng(seed)
+    masks, values, stand_ins, phis, refs = [], [], [], [], []
+    for n in sizes:
+        v = rng.normal(scale=0.3, size=1 << n)
+        near = v + rng.normal(scale=0.05, size=1 << n)  # a stand-in close to v
+        m = shapley_coalitions(n, n + 4, rng)
+        game_masks = surrogate_masks(m, 64, rng)
+        keys = game_masks.astype(np.int64) @ (1 << np.arange(n))
+        game = SurrogateGame(game_masks, near[keys])
+        masks.append(m)
+        values.append(reference.coalition_values(v, m))
+        stand_ins.append(reference.coalition_values(near, m))
+        phis.append(shapley_of(game))
+        refs.append(control_variate_shapley(m, values[-1], game))
+    packed = mlx_ops.pack_coalitions(masks, values)
+    stand_in = mlx_ops.pack_coalitions(masks, stand_ins)[1]
+    width = packed[0].shape[-1]
+    phi = np.zeros((len(sizes), width), np.float32)
+    for i, p in enumerate(phis):
+        phi[i, : len(p)] = p
+    out = np.array(mlx_ops.control_variate_batch(packed[0], packed[1], stand_in, mx.array(phi),
+                                                 packed[2], packed[3]))  # fmt: skip
+    for i, ref in enumerate(refs):
+        np.testing.assert_allclose(out[i, : len(ref)], ref, atol=1e-4)
+        assert (out[i, len(ref) :] == 0).all()

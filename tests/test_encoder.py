@@ -159,3 +159,25 @@ def test_packed_batch_matches_single_texts(encoder):
     assert len({len(ids) // 8 for ids, _ in encoder.tokenize(texts)}) >= 3
     alone = np.stack([encoder.encode([t])[0] for t in texts])
     np.testing.assert_allclose(batch, alone, atol=2e-6)
+
+
+def test_pooled_states_are_sums_before_normalization(encoder):
+    """`encode_pooled` * weight is the token sum (mean pooling) that the stand-in game adds up;
+    normalized, it is exactly `encode`."""
+    import mlx.core as mx
+
+    from ospo_mlx.reward.bert import Packing
+
+    texts = ["waterproof hiking boots", "a", "noise cancelling over ear headphones for travel"]
+    pooled, weights = encoder.encode_pooled(texts)
+    np.testing.assert_array_equal(
+        pooled / np.linalg.norm(pooled, axis=1, keepdims=True), encoder.encode(texts)
+    )
+    for text, p, w in zip(texts, pooled, weights, strict=True):
+        ids, types = encoder.tokenize([text])[0]
+        assert w == len(ids)
+        hidden = encoder.model(
+            mx.array(np.array(ids, np.int32)), mx.array(np.array(types, np.int32)),
+            Packing.build([len(ids)]),
+        )  # fmt: skip
+        np.testing.assert_allclose(p * w, np.array(hidden).sum(0), rtol=1e-4, atol=1e-4)

@@ -48,7 +48,7 @@ def records(world_size: int = 2):
         [np.ones(i + 1) for i in range(n)], [np.ones(i + 1, bool) for i in range(n)],
         evaluated=10, unpaired=[0, 0, 1, 0, 0, 2, 0, 0],
         budget_raised=[True, False, False, False, False, True, False, False],
-        exact=[False] * 8,
+        exact=[False] * 8, surrogate=[False, True, True, False, False, False, True, False],
     )  # fmt: skip
     credit = CreditRecord(
         attr, [np.ones(i + 1) for i in range(n)], np.zeros((n, n)), no_segments=2, seconds=1.0
@@ -86,6 +86,7 @@ def test_step_metrics_of_a_slice_count_only_its_completions():
     assert first["ospo/coalitions"] == 6 and second["ospo/coalitions"] == 4
     assert first["ospo/unpaired_segments"] == 1 and second["ospo/unpaired_segments"] == 2
     assert first["ospo/budget_raised"] == 1 and second["ospo/budget_raised"] == 1
+    assert first["ospo/surrogate_values"] == 2 and second["ospo/surrogate_values"] == 1
     assert first["ospo/credit_concentration"] == np.mean([1.0, 0.75, 1.0])  # row 1 has no values
     assert second["ospo/unclosed_answer"] == 1 and second["ospo/format_zeroed"] == 1
     assert first["completions/clipped_ratio"] == 0.25 and second["completions/max_length"] == 8

@@ -265,3 +265,111 @@ def test_query_prefixed_is_what_training_and_eval_score():
     assert query_prefixed("waterproof", qe, False) == "waterproof"
     assert query_prefixed("linen dress", shop, None) == "linen dress"
     assert query_prefixed("linen dress", shop, True) == "linen dress"  # no query to prepend
+
+
+def _phrase_inputs(responses, max_coalitions=8, seed=0):
+    from ospo_mlx.attribution.config import AttributionConfig
+    from ospo_mlx.attribution.estimators import sample_coalitions
+
+    segs = [segment(r, "phrase") for r in responses]
+    rng = np.random.default_rng(seed)
+    config = AttributionConfig(max_coalitions=max_coalitions)
+    return segs, [sample_coalitions(len(s), config, rng) for s in segs]
+
+
+def test_stand_in_game_matches_the_reward_at_its_anchors_without_encoding(dense, tasks):
+    """v~ equals v at the empty coalition and every singleton (the texts it is built from),
+    and reads their pooled sums from the coalition pass: no text is encoded again."""
+    from ospo_mlx.attribution.surrogate import surrogate_masks
+
+    reward = RetrievalReward(dense, RewardConfig())
+    segs, masks = _phrase_inputs(RESPONSES)
+    values = reward.coalition_values(RESPONSES, segs, masks, tasks)
+    rng = np.random.default_rng(1)
+    wide = [surrogate_masks(m, 1024, rng) for m in masks]
+    before = dense.encoder.texts_encoded
+    stand_in = reward.surrogate_values(RESPONSES, segs, wide, tasks)
+    assert dense.encoder.texts_encoded == before
+    for m, v, w, s in zip(masks, values, wide, stand_in, strict=True):
+        assert s.shape == (len(w),)
+        assert np.isfinite(s).all() and (s >= 0).all() and (s <= 1).all()
+        lookup = {row.tobytes(): x for row, x in zip(w, s, strict=True)}
+        anchors = m.sum(1) <= 1
+        np.testing.assert_allclose([lookup[row.tobytes()] for row in m[anchors]], v[anchors])
+    assert max(float(np.ptp(s)) for s in stand_in[:3]) > 0  # not a constant game
+    # Texts not scored just before are encoded once, on demand.
+    fresh = reward.surrogate_values(["<answer>yoga mat, led lamp</answer>"], [[(8, 16), (18, 26)]],
+                                    [np.eye(2, dtype=bool)], tasks[:1])  # fmt: skip
+    assert dense.encoder.texts_encoded > before and fresh[0].shape == (2,)
+
+
+def test_stand_in_game_where_it_does_not_apply(dense, tasks, catalog):
+    segs, masks = _phrase_inputs(RESPONSES[:1])
+    for reward in (
+        RetrievalReward(dense, RewardConfig(mode="catalog")),  # no candidate pool to rank
+        RetrievalReward(BM25Retriever(catalog), RewardConfig()),  # no pooled states
+    ):
+        assert reward.surrogate_values(RESPONSES[:1], segs, masks, tasks[:1]) == [None]
+    # No query prepended (shopper profiles): v~(empty) is 0, as v(empty) is.
+    bare = RetrievalReward(dense, RewardConfig(prepend_query=False))
+    got = bare.surrogate_values(RESPONSES[:1], segs, masks, tasks[:1])[0]
+    assert got[0] == 0.0 and not masks[0][0].any()
+
+
+def test_combined_reward_weights_the_stand_in_games(dense, tasks, catalog):
+    from ospo_mlx.reward.base import CombinedReward
+
+    segs, masks = _phrase_inputs(RESPONSES[:2])
+    a = RetrievalReward(dense, RewardConfig())
+    b = RetrievalReward(dense, RewardConfig(k=5))
+    b.name = "retrieval5"
+    combined = CombinedReward([a, b], [0.5, 2.0])
+    got = combined.surrogate_values(RESPONSES[:2], segs, masks, tasks[:2])
+    want_a = a.surrogate_values(RESPONSES[:2], segs, masks, tasks[:2])
+    want_b = b.surrogate_values(RESPONSES[:2], segs, masks, tasks[:2])
+    for g, x, y in zip(got, want_a, want_b, strict=True):
+        np.testing.assert_allclose(g, 0.5 * x + 2.0 * y)
+    bm25 = RetrievalReward(BM25Retriever(catalog), RewardConfig())
+    bm25.name = "bm25"
+    mixed = CombinedReward([a, bm25])
+    assert mixed.surrogate_values(RESPONSES[:2], segs, masks, tasks[:2]) == [None, None]
+
+
+@pytest.mark.parametrize("surrogate", ["pooled", "none"])
+def test_training_credit_uses_the_stand_in_game(dense, tasks, surrogate):
+    """train/attribute.py: completions not enumerated in full get the control variate (and
+    the metric counts them); the values equal estimate() with the reward's own stand-in game."""
+    import re
+
+    from ospo_mlx.attribution.config import AttributionConfig
+    from ospo_mlx.attribution.estimators import estimate
+    from ospo_mlx.attribution.segment import SegmenterConfig
+    from ospo_mlx.train.attribute import attribute
+
+    long = "<answer>wireless, bluetooth, headphones, noise cancelling, over ear, studio, travel</answer>"
+    texts = [long, RESPONSES[1]]
+    offsets = [[m.span() for m in re.finditer(r"\S+", t)] for t in texts]
+    config = AttributionConfig(max_coalitions=16, surrogate=surrogate)
+    reward = RetrievalReward(dense, RewardConfig())
+    attr = attribute(
+        texts, offsets, tasks[:2], np.array([1.0, -0.5]), np.array([True, True]),
+        segmenter=SegmenterConfig(), reward=reward, config=config, rng=np.random.default_rng(0),
+    )  # fmt: skip
+    assert len(attr.segments[0]) == 7 and len(attr.segments[1]) == 3
+    assert attr.exact == [False, True]  # 3 segments: all 8 coalitions fit the budget
+    assert attr.surrogate == [surrogate == "pooled", False]
+    assert attr.metrics()["ospo/surrogate_values"] == float(surrogate == "pooled")
+    game = None
+    if surrogate == "pooled":
+        from ospo_mlx.attribution.surrogate import stand_in_games
+
+        game = stand_in_games(
+            reward, texts[:1], attr.segments[:1], attr.coalitions[:1], tasks[:1], config,
+            np.random.default_rng(9),
+        )[0]  # fmt: skip
+        assert game.complete  # 2^7 = 128 stand-in coalitions fit the default 1024
+    want = estimate(attr.coalitions[0], attr.values[0], config, game).phi
+    np.testing.assert_allclose(attr.owen[0], want, atol=1e-12)
+    masks, values = attr.coalitions[0], attr.values[0]
+    full, empty = values[masks.all(1)][0], values[~masks.any(1)][0]
+    assert attr.owen[0].sum() == pytest.approx(full - empty)

@@ -209,6 +209,7 @@ METRIC_KEYS = {
     "completions/clipped_ratio", "loss", "grad_norm", "learning_rate", "ndcg@10",
     "ospo/segments_mean", "ospo/coalitions", "ospo/no_answer_tags", "ospo/unclosed_answer",
     "ospo/format_zeroed", "ospo/unpaired_segments", "ospo/budget_raised", "ospo/exact_values",
+    "ospo/surrogate_values",
     "ospo/credit_concentration",
     "completions/stopped_at_answer", "completions/after_answer", "reward/collapsed_repeats",
     "time/sample", "time/reward", "time/attribution", "time/update", "time/step",

@@ -34,10 +34,27 @@ class AttributionConfig:
         },
     )
     max_coalitions: int = field(
-        default=64,
+        default=16,
         metadata={
             "help": "Coalitions evaluated per completion, the empty and full answer included; "
-            "raised to n + 2 when a completion has n segments, so every segment is paired."
+            "raised to n + 2 when a completion has n segments, so every segment is paired. "
+            "Encoding them is the cost of credit; docs/credit.md has fidelity per budget."
+        },
+    )
+    surrogate: Literal["pooled", "none"] = field(
+        default="pooled",
+        metadata={
+            "help": "shapley estimator: pooled adds a stand-in game built from the pooled encoder "
+            "states of the empty and single-segment coalitions (no extra encoding) and estimates "
+            "only the difference from it (a control variate; dense retrievers in pool mode, "
+            "plain estimate elsewhere); none: the kernel estimate of v alone."
+        },
+    )
+    surrogate_coalitions: int = field(
+        default=1024,
+        metadata={
+            "help": "Stand-in coalitions per completion: all 2^n while they fit (exact Shapley of "
+            "the stand-in game), else a kernel sample of this many."
         },
     )
     max_width: int | None = field(
@@ -96,6 +113,7 @@ class AttributionConfig:
             "normalize": NORMALIZATIONS,
             "negative_advantage": NEGATIVE_RULES,
             "advantage_mode": ADVANTAGE_MODES,
+            "surrogate": ("pooled", "none"),
             "format_tokens": ("sequence", "floor"),
         }
         for name, allowed in choices.items():
@@ -107,6 +125,11 @@ class AttributionConfig:
             raise ConfigError(
                 "attribution.max_coalitions: must be at least 2 (the empty and the full answer), "
                 f"got {self.max_coalitions}"
+            )
+        if self.surrogate_coalitions < 2:
+            raise ConfigError(
+                "attribution.surrogate_coalitions: must be at least 2, "
+                f"got {self.surrogate_coalitions}"
             )
         if self.max_width is not None and self.max_width < 1:
             raise ConfigError(

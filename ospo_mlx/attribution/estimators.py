@@ -38,6 +38,7 @@ class Estimate:
     phi: np.ndarray  # (n,)
     unpaired: int  # segments without any evaluated marginal (value left at 0)
     exact: bool  # every coalition was evaluated (exact Shapley)
+    surrogate: bool = False  # the stand-in game served as a control variate
 
 
 def budget(n: int, config: AttributionConfig) -> int:
@@ -146,8 +147,14 @@ def kernel_shapley(masks: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.append(head, delta - head.sum())
 
 
-def estimate(masks: np.ndarray, values: np.ndarray, config: AttributionConfig) -> Estimate:
-    """Segment values phi `(n,)` of one completion from its evaluated coalitions."""
+def estimate(
+    masks: np.ndarray, values: np.ndarray, config: AttributionConfig, surrogate=None
+) -> Estimate:
+    """Segment values phi `(n,)` of one completion from its evaluated coalitions.
+
+    `surrogate` (a `surrogate.SurrogateGame` or None) is used as a control variate by the
+    shapley estimator when the coalitions are not all evaluated.
+    """
     masks = np.asarray(masks, dtype=bool)
     n = masks.shape[1]
     if config.estimator == "contiguous":
@@ -155,4 +162,9 @@ def estimate(masks: np.ndarray, values: np.ndarray, config: AttributionConfig) -
         return Estimate(np.asarray(phi), int(unpaired), exact=False)
     exact = n <= MAX_EXACT_PLAYERS and len({m.tobytes() for m in masks}) == (1 << n)
     covered = masks[masks.sum(1) < n].any(0) if n else np.zeros(0, bool)
-    return Estimate(kernel_shapley(masks, values), int((~covered).sum()) if n > 1 else 0, exact)
+    unpaired = int((~covered).sum()) if n > 1 else 0
+    if surrogate is not None and not exact and n > 1:
+        from ospo_mlx.attribution.surrogate import control_variate_shapley
+
+        return Estimate(control_variate_shapley(masks, values, surrogate), unpaired, False, True)
+    return Estimate(kernel_shapley(masks, values), unpaired, exact)

@@ -165,6 +165,22 @@ def kernel_shapley_batch(
     return mx.where(pv, sol, 0.0)
 
 
+def control_variate_batch(
+    masks: mx.array,
+    values: mx.array,
+    stand_in: mx.array,
+    stand_in_phi: mx.array,
+    coalition_valid: mx.array,
+    player_valid: mx.array,
+) -> mx.array:
+    """Batched `surrogate.control_variate_shapley`: the stand-in game's Shapley values
+    `stand_in_phi (B, N)` plus the kernel estimate of phi(v - v~) from the scored coalitions,
+    `stand_in (B, C)` being v~ on them."""
+    residual = values.astype(mx.float32) - stand_in.astype(mx.float32)
+    correction = kernel_shapley_batch(masks, residual, coalition_valid, player_valid)
+    return mx.where(player_valid.astype(mx.bool_), stand_in_phi + correction, 0.0)
+
+
 def normalize_values_batch(
     phi: mx.array, valid: mx.array, method: str = "zero", temperature: float = 0.05
 ) -> mx.array:

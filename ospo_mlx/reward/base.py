@@ -157,6 +157,21 @@ class CombinedReward(Reward):
             out.append(np.where(none, 0.0, v))
         return out
 
+    def surrogate_values(self, *batch: Sequence[Any]) -> list[np.ndarray | None]:
+        """sum_k w_k v~_k(S): the parts' stand-in games (arguments as `coalition_values`, the
+        masks being the stand-in coalitions); None for a response where a part has none."""
+        per_reward = []
+        for r in self.rewards:
+            get = getattr(r, "surrogate_values", None)
+            if get is None:
+                return [None] * len(batch[0])
+            per_reward.append(get(*batch))
+        out: list[np.ndarray | None] = []
+        for i in range(len(batch[0])):
+            parts = [values[i] for values in per_reward]
+            out.append(None if any(p is None for p in parts) else np.nan_to_num(self.combine(parts)))
+        return out
+
     def metrics(self, responses: Sequence[str], tasks: Sequence[Task]) -> dict[str, np.ndarray]:
         """Each part's evaluation metrics (the retrieval reward's ndcg@10, ...), plus each score."""
         out: dict[str, np.ndarray] = {}

@@ -12,6 +12,7 @@ import numpy as np
 from ospo_mlx.attribution import segment
 from ospo_mlx.attribution.config import AttributionConfig
 from ospo_mlx.attribution.estimators import estimate, sample_coalitions
+from ospo_mlx.attribution.surrogate import stand_in_games
 from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import OspoError
 from ospo_mlx.reward.retrieval import RetrievalReward
@@ -31,6 +32,7 @@ class Attribution:
     unpaired: int  # players with no evaluated (S, S u {j}) pair: their Owen value is 0
     reward: float  # the full response's reward
     exact: bool = False  # every coalition was evaluated: exact Shapley values
+    surrogate: bool = False  # the stand-in game served as a control variate
 
     @property
     def baseline(self) -> float:
@@ -59,10 +61,12 @@ def attribute_response(
     ]
     if not spans:
         raise OspoError("the response has no segments to attribute; pass a non-empty --response")
-    masks = sample_coalitions(len(spans), config, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    masks = sample_coalitions(len(spans), config, rng)
     values = reward.coalition_values([response], [spans], [masks], [task])[0]
     texts = [t or "" for t in reward.coalition_texts(response, spans, masks, task)]
-    est = estimate(masks, values, config)
+    game = stand_in_games(reward, [response], [spans], [masks], [task], config, rng)[0]
+    est = estimate(masks, values, config, game)
     return Attribution(
         response=response,
         spans=spans,
@@ -74,6 +78,7 @@ def attribute_response(
         unpaired=est.unpaired,
         reward=float(reward.score([response], [task])[0]),
         exact=est.exact,
+        surrogate=est.surrogate,
     )
 
 

@@ -119,11 +119,22 @@ class SentenceEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(N, dim) float32 L2-normalized embeddings of `texts`, in input order."""
+        pooled, _ = self.encode_pooled(texts)
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        return pooled
+
+    def encode_pooled(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled states before normalization (N, dim) and each text's pooling weight (N,):
+        its token count for mean pooling, 1 for CLS. `pooled * weight` is the sum the segment
+        credit's stand-in game interpolates (see attribution/surrogate.py)."""
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        weights = np.ones(len(texts), dtype=np.float32)
         if not texts:
-            return out
+            return out, weights
         tokens = self.tokenize(texts)
+        if self.pooling == "mean":
+            weights = np.array([len(ids) for ids, _ in tokens], dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(tokens[i][0]))
         start = 0
         while start < len(order):
@@ -138,10 +149,10 @@ class SentenceEncoder:
             start = end
         self.texts_encoded += len(texts)
         self.tokens_encoded += sum(len(ids) for ids, _ in tokens)
-        return out
+        return out, weights
 
     def _forward(self, batch: list[tuple[list[int], list[int]]]) -> np.ndarray:
-        """Pooled, normalized embeddings of a length-sorted batch (one lazy graph, one eval)."""
+        """Pooled (not normalized) states of a length-sorted batch (one lazy graph, one eval)."""
         packing = Packing.build([len(ids) for ids, _ in batch])
         ids = mx.array(np.fromiter((t for tok, _ in batch for t in tok), np.int32))
         types = mx.array(np.fromiter((t for _, typ in batch for t in typ), np.int32))
@@ -151,7 +162,6 @@ class SentenceEncoder:
         else:
             pooled = np.add.reduceat(hidden, packing.starts, axis=0)
             pooled /= np.maximum(packing.lengths[:, None], 1).astype(np.float32)
-        pooled /= np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
         self.forward_calls += 1
         return pooled
 

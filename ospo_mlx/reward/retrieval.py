@@ -171,12 +171,17 @@ class RetrievalReward(Reward):
             unique_pools = None if self.config.mode == "catalog" else [pools[t] for t in first_task]
             ranked_unique = self.retriever.rank([t for t, _ in unique], depth, unique_pools)
             ranked[keep] = ranked_unique[inverse[keep]]
+        out = self._metrics_of(ranked, task_rows, tasks, names)
+        return {name: np.where(keep, v, 0.0) for name, v in out.items()}
+
+    def _metrics_of(
+        self, ranked: np.ndarray, task_rows: np.ndarray, tasks: Sequence[Task], names: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Metrics of rankings `ranked (B, depth)`; row b is judged against tasks[task_rows[b]]."""
         judg = self._judgments(tasks)
         gains = judg.gains(ranked, task_rows)
-        out = M.compute(
-            names, gains, judg.ideal(depth)[task_rows], judg.n_relevant[task_rows], self.config.k
-        )
-        return {name: np.where(keep, v, 0.0) for name, v in out.items()}
+        ideal = judg.ideal(ranked.shape[1])[task_rows]
+        return M.compute(names, gains, ideal, judg.n_relevant[task_rows], self.config.k)
 
     @property
     def reward_metric(self) -> str:
@@ -231,6 +236,47 @@ class RetrievalReward(Reward):
         """All coalition texts of the batch: deduplicated, encoded, ranked and scored at once."""
         name = self.reward_metric
         return self._evaluate(batch.texts, batch.rows, batch.tasks, [name])[name]
+
+    def surrogate_values(
+        self,
+        responses: Sequence[str],
+        segments: Sequence[Sequence[tuple[int, int]]],
+        coalition_masks: Sequence[np.ndarray],
+        tasks: Sequence[Task],
+    ) -> list[np.ndarray | None]:
+        """Stand-in values v~(S) (K_i,) on each `coalition_masks[i] (K_i, n_i)`, or None per
+        response where the retriever has no pooled states (BM25) or ranks the whole catalog.
+
+        Built from the pooled sums of the empty and single-segment coalition texts (see
+        attribution/surrogate.py); those texts were just scored, so nothing is encoded again.
+        """
+        from ospo_mlx.attribution.surrogate import interpolated_embeddings
+
+        out: list[np.ndarray | None] = [None] * len(responses)
+        pooled_sums = getattr(self.retriever, "pooled_sums", None)
+        if pooled_sums is None or self.config.mode == "catalog":
+            return out
+        name = self.reward_metric
+        depth = min(M.metric_depth([name], self.config.k), max(len(self.row_of), 1))
+        for i, (resp, spans, masks, task) in enumerate(
+            zip(responses, segments, coalition_masks, tasks, strict=True)
+        ):
+            n = len(spans)
+            anchors = np.vstack([np.zeros((1, n), bool), np.eye(n, dtype=bool)])
+            texts = self.coalition_texts(resp, spans, anchors, task)
+            known = [t for t in texts if t is not None]
+            sums = pooled_sums(known)
+            empty = sums[0] if texts[0] is not None else np.zeros(sums.shape[1], np.float32)
+            singles = sums[len(known) - n :]
+            embeddings = interpolated_embeddings(empty, singles, masks)
+            pool = self._pool_rows(task)
+            ranked = self.retriever.rank_embedded(embeddings, depth, [pool] * len(masks))
+            rows = np.zeros(len(masks), dtype=np.int64)
+            values = self._metrics_of(ranked, rows, [task], [name])[name]
+            if texts[0] is None:  # v(empty) is 0 by definition, as in the real game
+                values = np.where(np.asarray(masks).any(1), values, 0.0)
+            out[i] = values
+        return out
 
     def coalition_values_sequential(
         self,

@@ -63,13 +63,30 @@ class DenseRetriever:
         self.product_ids = catalog_index.product_ids
         self.exact = exact
         self.name = f"dense:{encoder.identity['name']}"
+        self._recent: dict[str, np.ndarray] = {}  # pooled sums of the last `embed` call
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(B, dim) embeddings; each distinct text is encoded once."""
         unique: dict[str, int] = {}
         inverse = np.array([unique.setdefault(t, len(unique)) for t in texts], dtype=np.int64)
-        vectors = self.encoder.encode(list(unique))
+        pooled, weights = self.encoder.encode_pooled(list(unique))
+        # The last call's pooled sums, for `pooled_sums` (the stand-in game of segment credit
+        # reads those of the coalitions just scored); bounded: one call's texts.
+        self._recent = dict(zip(unique, pooled * weights[:, None], strict=True))
+        vectors = pooled / np.maximum(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
         return vectors[inverse] if len(texts) else vectors
+
+    def pooled_sums(self, texts: Sequence[str]) -> np.ndarray:
+        """(B, dim) pooled sums before normalization (token sums for mean pooling); texts of
+        the last `embed` call are not encoded again."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._recent))
+        fresh: dict[str, np.ndarray] = {}
+        if missing:
+            pooled, weights = self.encoder.encode_pooled(missing)
+            fresh = dict(zip(missing, pooled * weights[:, None], strict=True))
+        if not texts:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        return np.stack([self._recent[t] if t in self._recent else fresh[t] for t in texts])
 
     def rank_embedded(
         self, queries: np.ndarray, k: int, pools: Sequence[np.ndarray | None] | None = None

@@ -15,6 +15,7 @@ from ospo_mlx.attribution import credit
 from ospo_mlx.attribution.config import AttributionConfig
 from ospo_mlx.attribution.estimators import budget, estimate, sample_coalitions
 from ospo_mlx.attribution.segment import SegmenterConfig, segment
+from ospo_mlx.attribution.surrogate import stand_in_games
 from ospo_mlx.data.schema import Task
 
 
@@ -32,6 +33,7 @@ class Attribution:
     unpaired: list[int] = field(default_factory=list)  # per completion: segments left at 0
     budget_raised: list[bool] = field(default_factory=list)  # budget raised to n + 2
     exact: list[bool] = field(default_factory=list)  # all 2^n coalitions evaluated
+    surrogate: list[bool] = field(default_factory=list)  # stand-in game as control variate
 
     def select(self, rows: slice) -> Attribution:
         """The credit of the completions in `rows` (one optimizer step of a generation)."""
@@ -41,6 +43,7 @@ class Attribution:
             self.weights[rows], self.in_segments[rows],
             evaluated=sum(len(m) for m in coalitions), unpaired=self.unpaired[rows],
             budget_raised=self.budget_raised[rows], exact=self.exact[rows],
+            surrogate=self.surrogate[rows],
         )  # fmt: skip
 
     @staticmethod
@@ -54,6 +57,7 @@ class Attribution:
             "ospo/unpaired_segments": float(sum(self.unpaired[rows])),
             "ospo/budget_raised": float(sum(self.budget_raised[rows])),
             "ospo/exact_values": float(sum(self.exact[rows])),
+            "ospo/surrogate_values": float(sum(self.surrogate[rows])),
             "ospo/credit_concentration": self.concentration(rows),
         }
 
@@ -110,13 +114,14 @@ def attribute(
         )
         for i, v in zip(todo, got, strict=True):
             values[i] = np.asarray(v, dtype=np.float64)
+    games = stand_in_games(reward, texts, spans, masks, tasks, a, rng)
     owen, weights, in_segments = [], [], []
-    unpaired, exact = [0] * len(texts), [False] * len(texts)
+    unpaired, exact, surrogate = [0] * len(texts), [False] * len(texts), [False] * len(texts)
     for i, s in enumerate(spans):
         token_spans = np.asarray(offsets[i]).reshape(-1, 2)
         if len(masks[i]):
-            est = estimate(masks[i], values[i], a)
-            phi, unpaired[i], exact[i] = est.phi, est.unpaired, est.exact
+            est = estimate(masks[i], values[i], a, games[i])
+            phi, unpaired[i], exact[i], surrogate[i] = est.phi, est.unpaired, est.exact, est.surrogate
             signed = credit.signed_values(phi, float(advantages[i]), a.negative_advantage)
             w = credit.token_weights(s, token_spans, signed, a.floor, a.normalize, a.temperature)
         else:
@@ -129,4 +134,5 @@ def attribute(
     return Attribution(
         spans, masks, values, owen, weights, in_segments,
         evaluated=evaluated, unpaired=unpaired, budget_raised=raised, exact=exact,
+        surrogate=surrogate,
     )  # fmt: skip

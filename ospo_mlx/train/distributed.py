@@ -34,6 +34,7 @@ METRIC_REDUCTIONS: dict[str, Reduction] = {
     "peak_memory_gb": "max",
     "tokens_per_second": "sum",
     "ospo/coalitions": "sum",
+    "ospo/surrogate_values": "sum",
     "completions/masked_truncated": "sum",
     "dynamic_sampling/dropped_groups": "sum",
     "dynamic_sampling/refilled_groups": "sum",
