@@ -339,7 +339,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5, help="coalition draws per response")
     parser.add_argument(
         "--budgets",
-        default="8,16,32,128",
+        default="8,16,32,64,128",
         help="also measure the default estimator at these budgets, with and without the stand-in",
     )
     parser.add_argument(
