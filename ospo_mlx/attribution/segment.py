@@ -94,7 +94,8 @@ class SegmenterConfig:
     max_segments: int | None = field(
         default=None,
         metadata={
-            "help": "merge the shortest adjacent pair until at most this many (None: no cap)"
+            "help": "merge the shortest adjacent pair until at most this many (None: no cap); "
+            "text on the two sides of a reasoning block is never merged"
         },
     )
 
@@ -354,12 +355,21 @@ def _phrases(text: str, region: Span, cfg: SegmenterConfig) -> list[Span]:
     return out
 
 
-def _cap_count(spans: list[Span], max_segments: int) -> list[Span]:
-    """Merge the adjacent pair with the shortest combined extent until few enough remain."""
+def _cap_count(spans: list[Span], max_segments: int, regions: list[Span]) -> list[Span]:
+    """Merge the adjacent pair with the shortest combined extent until few enough remain.
+
+    Only spans of the same attributable region merge (a merged span must not cover a reasoning
+    block between regions), so one segment per region is the floor.
+    """
     spans = list(spans)
+    region = [next(r for r, (a, b) in enumerate(regions) if a <= s < b) for s, _ in spans]
     while len(spans) > max_segments:
-        i = min(range(len(spans) - 1), key=lambda k: spans[k + 1][1] - spans[k][0])
+        pairs = [k for k in range(len(spans) - 1) if region[k] == region[k + 1]]
+        if not pairs:
+            break
+        i = min(pairs, key=lambda k: spans[k + 1][1] - spans[k][0])
         spans[i : i + 2] = [(spans[i][0], spans[i + 1][1])]
+        del region[i + 1]
     return spans
 
 
@@ -399,10 +409,11 @@ def segment(
         options["answer_tags"] = tuple(options["answer_tags"])
     cfg = replace(cfg, **options).validate()
     spans: list[Span] = []
-    for region in attributable_regions(text, cfg.answer_tags, cfg.think_tags):
+    regions = attributable_regions(text, cfg.answer_tags, cfg.think_tags)
+    for region in regions:
         spans.extend(_segment_region(text, region, cfg))
     if cfg.max_segments is not None:
-        spans = _cap_count(spans, cfg.max_segments)
+        spans = _cap_count(spans, cfg.max_segments, regions)
     return spans
 
 
