@@ -22,8 +22,10 @@ def attribute(
     estimator: str = typer.Option(
         "shapley", "--estimator", help="shapley (exact or kernel) or contiguous (the paper's)."
     ),
-    max_coalitions: int = typer.Option(
-        64, "--max-coalitions", help="Coalitions evaluated (sampled above this)."
+    max_coalitions: int | None = typer.Option(
+        None,
+        "--max-coalitions",
+        help="Coalitions evaluated (sampled above this); default: training's (attribution).",
     ),
     max_width: int | None = typer.Option(
         None, "--max-width", help="contiguous estimator: widest window (default: all)."
@@ -60,9 +62,10 @@ def attribute(
         mode = "catalog"  # a task without candidates is ranked against the whole catalog
     config = RewardConfig(mode=mode, coalition_text=coalition_text)
     credit = AttributionConfig(
-        segmenter=segmenter, estimator=estimator, max_coalitions=max_coalitions,
-        max_width=max_width, surrogate=surrogate,
-    )  # fmt: skip
+        segmenter=segmenter, estimator=estimator, max_width=max_width, surrogate=surrogate
+    )
+    if max_coalitions is not None:  # else the training default, so the credit matches a run's
+        credit.max_coalitions = max_coalitions
     reward = build_reward(products, config, encoder_dir=encoder, index_dir=index)
     attr = attribute_response(reward, response, the_task, credit, seed=seed)
     if as_json:

@@ -181,6 +181,12 @@ def test_ospo_attribute_reports_the_stand_in(tmp_path):
         assert sum(row["owen"]) == pytest.approx(row["reward"] - row["baseline"], abs=1e-6)
         got[surrogate] = row
     assert got["pooled"]["values"] == got["none"]["values"]  # same coalitions scored
+    # Without --max-coalitions the training default applies: 16 of the 64 coalitions.
+    result = runner.invoke(cli.main.app, [a for a in base if a not in ("--max-coalitions", "8")])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output.strip().splitlines()[-1])
+    assert len(row["coalitions"]) == AttributionConfig().max_coalitions == 16
+    assert row["surrogate"] and not row["exact"]
     result = runner.invoke(cli.main.app, [*base, "--surrogate", "linear"])
     # A ConfigError, which `ospo` prints as one line (cli.main.main).
     assert isinstance(result.exception, ConfigError)

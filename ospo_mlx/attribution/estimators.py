@@ -21,11 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import comb
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ospo_mlx.attribution.config import AttributionConfig
 from ospo_mlx.attribution.reference import contiguous_coalitions, owen_contiguous
+
+if TYPE_CHECKING:  # surrogate.py builds on this module
+    from ospo_mlx.attribution.surrogate import SurrogateGame
 
 # The full enumeration is used while 2^n fits the budget; the bitmask tables need n small.
 MAX_EXACT_PLAYERS = 16
@@ -148,12 +152,15 @@ def kernel_shapley(masks: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def estimate(
-    masks: np.ndarray, values: np.ndarray, config: AttributionConfig, surrogate=None
+    masks: np.ndarray,
+    values: np.ndarray,
+    config: AttributionConfig,
+    surrogate: SurrogateGame | None = None,
 ) -> Estimate:
     """Segment values phi `(n,)` of one completion from its evaluated coalitions.
 
-    `surrogate` (a `surrogate.SurrogateGame` or None) is used as a control variate by the
-    shapley estimator when the coalitions are not all evaluated.
+    `surrogate`, the stand-in game, is used as a control variate by the shapley estimator when
+    the coalitions are not all evaluated.
     """
     masks = np.asarray(masks, dtype=bool)
     n = masks.shape[1]

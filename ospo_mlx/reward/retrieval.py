@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ospo_mlx.attribution.segment import scored_answer
+from ospo_mlx.attribution.surrogate import interpolated_embeddings
 from ospo_mlx.data.schema import Task
 from ospo_mlx.errors import ConfigError, OspoError
 from ospo_mlx.reward import metrics as M
@@ -250,8 +251,6 @@ class RetrievalReward(Reward):
         Built from the pooled sums of the empty and single-segment coalition texts (see
         attribution/surrogate.py); those texts were just scored, so nothing is encoded again.
         """
-        from ospo_mlx.attribution.surrogate import interpolated_embeddings
-
         out: list[np.ndarray | None] = [None] * len(responses)
         pooled_sums = getattr(self.retriever, "pooled_sums", None)
         if pooled_sums is None or self.config.mode == "catalog":
